@@ -1,0 +1,45 @@
+# rvmx top-level targets. See README.md.
+#
+#   make setup   install what the lab needs (Debian 12, as root; idempotent)
+#   make         build rvmx.ko and the userspace binaries into build/
+#   make check   host unit tests + the selftests inside the lab VM
+#   make demo    boot the lab, load rvmx, print its capability report
+#
+# KDIR=<tree> builds rvmx.ko against another Rust-enabled 7.x kernel tree
+# (default: the lab's test kernel, built and cached by scripts/build-kernel);
+# KBUILD_ARGS then says how that tree was built, e.g. KBUILD_ARGS=LLVM=1.
+export KDIR KBUILD_ARGS
+
+CARGO ?= /usr/bin/cargo
+RUSTC ?= /usr/bin/rustc
+# Static binaries, so the lab's initramfs needs no libc.
+TARGET := x86_64-unknown-linux-gnu
+CARGO_STATIC := RUSTC=$(RUSTC) RUSTFLAGS="-C target-feature=+crt-static" \
+	$(CARGO) build --release --locked --target $(TARGET)
+
+.PHONY: all setup module userspace check demo clean
+
+all: module userspace
+
+setup:
+	@scripts/setup
+
+uapi/src/bindings.rs: uapi/rvmx.h scripts/gen-uapi
+	scripts/gen-uapi
+
+module: setup uapi/src/bindings.rs
+	@scripts/build-module
+
+userspace: setup
+	@echo "==> vmmctl, rvmx-selftests (static)"
+	@$(CARGO_STATIC) -p vmmctl -p rvmx-selftests
+	@mkdir -p build/bin && cp target/$(TARGET)/release/vmmctl target/$(TARGET)/release/rvmx-selftests build/bin/
+
+check: all
+	@scripts/check
+
+demo: all
+	@scripts/lab run --cpus 2 -- 'modprobe rvmx && dmesg | grep rvmx: && vmmctl info'
+
+clean:
+	rm -rf build target rvmx.ko rvmx.mod* rvmx.o rvmx/*.o rvmx/.*.cmd .*.cmd modules.order Module.symvers

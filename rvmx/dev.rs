@@ -1,0 +1,110 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! `/dev/rvmx`: the misc device and the ioctls on its file descriptors.
+
+use kernel::{
+    fs::File,
+    ioctl::{_IOC_NR, _IOC_TYPE},
+    miscdevice::{MiscDevice, MiscDeviceRegistration},
+    prelude::*,
+    sync::Arc,
+    uaccess::UserSlice,
+};
+
+use crate::{
+    uapi,
+    vmx::host::{ProbeReport, VmxHost},
+    RvmxModule,
+};
+
+/// One open file description of `/dev/rvmx`.
+pub(crate) struct RvmxFile {
+    host: Arc<VmxHost>,
+}
+
+/// The ioctls `/dev/rvmx` answers. A command that matches one of them in
+/// type and number but not in direction or size is malformed (`EINVAL`);
+/// anything else is not ours (`ENOTTY`).
+const DEV_IOCTLS: [u32; 2] = [uapi::RVMX_GET_API_VERSION, uapi::RVMX_GET_VMX_CAPS];
+
+/// The errno for a command that matched no ioctl in `known`.
+fn unknown_ioctl(cmd: u32, known: &[u32]) -> Error {
+    let same_slot = |k: &u32| _IOC_TYPE(*k) == _IOC_TYPE(cmd) && _IOC_NR(*k) == _IOC_NR(cmd);
+    if known.iter().any(same_slot) {
+        EINVAL
+    } else {
+        ENOTTY
+    }
+}
+
+#[vtable]
+impl MiscDevice for RvmxFile {
+    type Ptr = KBox<Self>;
+
+    fn open(_file: &File, misc: &MiscDeviceRegistration<Self>) -> Result<KBox<Self>> {
+        let module = RvmxModule::from_misc(misc);
+        Ok(KBox::new(
+            Self {
+                host: module.host.clone(),
+            },
+            GFP_KERNEL,
+        )?)
+    }
+
+    fn ioctl(me: &Self, _file: &File, cmd: u32, arg: usize) -> Result<isize> {
+        match cmd {
+            uapi::RVMX_GET_API_VERSION => Ok(uapi::RVMX_API_VERSION as isize),
+            uapi::RVMX_GET_VMX_CAPS => me.get_vmx_caps(arg),
+            _ => Err(unknown_ioctl(cmd, &DEV_IOCTLS)),
+        }
+    }
+}
+
+impl RvmxFile {
+    fn get_vmx_caps(&self, arg: usize) -> Result<isize> {
+        let report = self.host.probe()?;
+        let caps = vmx_caps(&self.host, &report);
+        let mut out = UserSlice::new(UserPtr::from_addr(arg), size_of_val(&caps)).writer();
+        out.write(&caps)?;
+        Ok(0)
+    }
+}
+
+/// Fills the ABI's capability report from the host and a fresh probe.
+fn vmx_caps(host: &VmxHost, report: &ProbeReport) -> uapi::rvmx_vmx_caps {
+    let c = &host.caps;
+    let flags = [
+        (report.all_usable(), uapi::RVMX_CAP_VMX_USABLE),
+        (report.busy(), uapi::RVMX_CAP_VMX_BUSY),
+        (c.has_ept(), uapi::RVMX_CAP_EPT),
+        (c.has_vpid(), uapi::RVMX_CAP_VPID),
+        (
+            c.has_unrestricted_guest(),
+            uapi::RVMX_CAP_UNRESTRICTED_GUEST,
+        ),
+        (c.has_true_controls(), uapi::RVMX_CAP_TRUE_CONTROLS),
+        (VmxHost::host_uses_fred(), uapi::RVMX_CAP_HOST_FRED),
+    ]
+    .into_iter()
+    .filter(|(set, _)| *set)
+    .fold(0, |acc, (_, bit)| acc | bit);
+    uapi::rvmx_vmx_caps {
+        flags,
+        vmcs_revision: c.vmcs_revision(),
+        vmcs_size: c.vmcs_size(),
+        cpus_probed: report.cpus,
+        basic: c.basic,
+        pinbased_ctls: c.pinbased,
+        procbased_ctls: c.procbased,
+        procbased_ctls2: c.procbased2,
+        exit_ctls: c.exit,
+        entry_ctls: c.entry,
+        misc: c.misc,
+        ept_vpid_cap: c.ept_vpid,
+        cr0_fixed0: c.cr0_fixed0,
+        cr0_fixed1: c.cr0_fixed1,
+        cr4_fixed0: c.cr4_fixed0,
+        cr4_fixed1: c.cr4_fixed1,
+        reserved: [0; 8],
+    }
+}

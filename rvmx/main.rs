@@ -1,0 +1,100 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! rvmx: an Intel VT-x hypervisor exposing a KVM-like API on `/dev/rvmx`.
+
+use kernel::{
+    miscdevice::{MiscDeviceOptions, MiscDeviceRegistration},
+    prelude::*,
+    sync::Arc,
+};
+
+mod dev;
+mod uapi;
+mod vmx;
+
+use dev::RvmxFile;
+use vmx::host::VmxHost;
+
+module! {
+    type: RvmxModule,
+    name: "rvmx",
+    authors: ["rvmx developers"],
+    description: "Intel VT-x hypervisor with a KVM-like API on /dev/rvmx",
+    license: "GPL",
+}
+
+/// The loaded module.
+///
+/// Drop order is field order: `misc` is deregistered before `host` goes.
+/// No file of `/dev/rvmx` can outlive the module (each holds a module
+/// reference), and each holds its own reference to `host` anyway.
+#[pin_data]
+struct RvmxModule {
+    #[pin]
+    misc: MiscDeviceRegistration<RvmxFile>,
+    host: Arc<VmxHost>,
+}
+
+impl RvmxModule {
+    /// The module that registered `misc`.
+    fn from_misc(misc: &MiscDeviceRegistration<RvmxFile>) -> &Self {
+        // SAFETY: the only `MiscDeviceRegistration<RvmxFile>` is the `misc`
+        // field of the pinned `RvmxModule`, which lives as long as the
+        // registration, so the containing struct is valid for the lifetime
+        // of `misc`. `host` is initialized before `misc` is registered.
+        unsafe {
+            &*kernel::container_of!(
+                misc as *const _ as *mut MiscDeviceRegistration<RvmxFile>,
+                Self,
+                misc
+            )
+        }
+    }
+}
+
+impl kernel::InPlaceModule for RvmxModule {
+    fn init(_module: &'static ThisModule) -> impl PinInit<Self, Error> {
+        try_pin_init!(Self {
+            host: Self::bring_up()?,
+            misc <- MiscDeviceRegistration::register(MiscDeviceOptions { name: c"rvmx" }),
+        })
+    }
+}
+
+impl RvmxModule {
+    /// Checks VMX on the host and proves root operation on every online CPU.
+    fn bring_up() -> Result<Arc<VmxHost>> {
+        let host = VmxHost::new()?;
+        let report = host.probe()?;
+        match report.first_failure {
+            None if report.all_usable() => {
+                let c = &host.caps;
+                pr_info!(
+                    "VMX root operation works on {} CPUs (VMCS revision {:#x}, {} bytes; EPT, unrestricted guest{})\n",
+                    report.cpus,
+                    c.vmcs_revision(),
+                    c.vmcs_size(),
+                    if c.has_vpid() { ", VPID" } else { "" },
+                );
+            }
+            Some((cpu, e @ vmx::root::RootError::Busy)) => {
+                pr_warn!(
+                    "CPU {cpu}: {}; rvmx loads, but VM work fails with EBUSY until it is released\n",
+                    e.describe()
+                );
+            }
+            Some((cpu, e)) => {
+                pr_err!(
+                    "CPU {cpu} cannot enter VMX root operation: {}\n",
+                    e.describe()
+                );
+                return Err(e.errno());
+            }
+            None => {
+                pr_err!("no online CPU was probed\n");
+                return Err(ENODEV);
+            }
+        }
+        Ok(Arc::new(host, GFP_KERNEL)?)
+    }
+}

@@ -1,0 +1,161 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! The host's VMX facilities: capabilities, per-CPU VMXON regions, and the
+//! probe that proves VMX root operation works on every online CPU.
+
+use core::ffi::c_void;
+
+use kernel::{
+    cpu,
+    prelude::*,
+    sync::atomic::{Atomic, Relaxed},
+};
+
+use super::{
+    caps::VmxCaps,
+    instr::{self, CR4_FRED},
+    root::{RootError, RootWindow, VmxonRegion},
+};
+
+/// CPUID.1:ECX.VMX[bit 5].
+const CPUID_1_ECX_VMX: u32 = 1 << 5;
+/// CPUID.(EAX=7,ECX=1):EAX.FRED[bit 17].
+const CPUID_7_1_EAX_FRED: u32 = 1 << 17;
+
+extern "C" {
+    fn rvmx_on_each_cpu(func: unsafe extern "C" fn(*mut c_void), info: *mut c_void);
+}
+
+/// VMX as the host offers it. Built once at module load.
+pub(crate) struct VmxHost {
+    /// The capabilities of the CPU rvmx was loaded on; every CPU is checked
+    /// against them when probed.
+    pub(crate) caps: VmxCaps,
+    /// One VMXON region per possible CPU, indexed by CPU number.
+    regions: KVec<VmxonRegion>,
+}
+
+/// What [`VmxHost::probe`] found on the online CPUs.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct ProbeReport {
+    /// Online CPUs probed.
+    pub(crate) cpus: u32,
+    /// CPUs on which VMXON and VMXOFF succeeded.
+    pub(crate) usable: u32,
+    /// The lowest-numbered CPU that failed, and why.
+    pub(crate) first_failure: Option<(u32, RootError)>,
+}
+
+impl ProbeReport {
+    pub(crate) fn all_usable(&self) -> bool {
+        self.cpus > 0 && self.usable == self.cpus
+    }
+
+    /// Some CPU is held by another hypervisor.
+    pub(crate) fn busy(&self) -> bool {
+        matches!(self.first_failure, Some((_, RootError::Busy)))
+    }
+}
+
+/// Per-CPU outcome codes written by `probe_this_cpu`; failures are
+/// `RootError` discriminants.
+const NOT_RUN: u32 = 0;
+const USABLE: u32 = 1;
+
+struct Probe<'a> {
+    host: &'a VmxHost,
+    outcome: KVec<Atomic<u32>>,
+}
+
+/// Runs on each online CPU, from `rvmx_on_each_cpu`, with interrupts off.
+unsafe extern "C" fn probe_this_cpu(info: *mut c_void) {
+    // SAFETY: `VmxHost::probe` passes a pointer to a live `Probe` and waits
+    // for every CPU to return before it drops it.
+    let probe = unsafe { &*info.cast::<Probe<'_>>() };
+    // Interrupts are off, so this CPU number stays ours until we return.
+    let cpu = cpu::CpuId::current().as_u32() as usize;
+    let result = probe.host.check_this_cpu().and_then(|()| {
+        let region = probe.host.regions.get(cpu).ok_or(RootError::NoRegion)?;
+        // SAFETY: interrupts are off for the whole life of the window, which
+        // ends at the end of this statement; the region is this CPU's own,
+        // and no other window can be open on this CPU with interrupts off.
+        unsafe { RootWindow::open(&probe.host.caps, region) }.map(drop)
+    });
+    if let Some(slot) = probe.outcome.get(cpu) {
+        slot.store(result.map_or_else(|e| e as u32, |()| USABLE), Relaxed);
+    }
+}
+
+impl VmxHost {
+    /// Checks that this CPU can do what rvmx needs and reads its capabilities.
+    pub(crate) fn new() -> Result<Self> {
+        if instr::cpuid(1, 0).2 & CPUID_1_ECX_VMX == 0 {
+            pr_err!("this CPU has no VMX (CPUID.1:ECX.VMX=0): rvmx needs an Intel CPU with VT-x, or a VM with nested VMX\n");
+            return Err(ENODEV);
+        }
+        // SAFETY: all VMX capability MSRs `read` touches exist when
+        // CPUID.1:ECX.VMX=1 (it skips the optional ones the CPU lacks).
+        let caps = VmxCaps::read(|msr| unsafe { instr::rdmsr(msr) });
+        if let Some(missing) = caps.missing_requirement() {
+            pr_err!("this CPU's VMX lacks {missing}, which rvmx requires\n");
+            return Err(ENODEV);
+        }
+        let ncpus = cpu::nr_cpu_ids() as usize;
+        let mut regions = KVec::with_capacity(ncpus, GFP_KERNEL)?;
+        for _ in 0..ncpus {
+            regions.push(VmxonRegion::new(caps.vmcs_revision())?, GFP_KERNEL)?;
+        }
+        Ok(Self { caps, regions })
+    }
+
+    /// Whether the host delivers events with FRED rather than the IDT.
+    pub(crate) fn host_uses_fred() -> bool {
+        instr::cpuid(7, 1).0 & CPUID_7_1_EAX_FRED != 0 && instr::read_cr4() & CR4_FRED != 0
+    }
+
+    /// Checks that the current CPU has the VMX the host was built for.
+    fn check_this_cpu(&self) -> Result<(), RootError> {
+        if instr::cpuid(1, 0).2 & CPUID_1_ECX_VMX == 0 {
+            return Err(RootError::Asymmetric);
+        }
+        // SAFETY: this CPU has VMX (checked above), so the MSRs exist.
+        let caps = VmxCaps::read(|msr| unsafe { instr::rdmsr(msr) });
+        if caps != self.caps {
+            return Err(RootError::Asymmetric);
+        }
+        Ok(())
+    }
+
+    /// Enters and leaves VMX root operation on every online CPU, now.
+    pub(crate) fn probe(&self) -> Result<ProbeReport> {
+        let ncpus = self.regions.len();
+        let mut outcome = KVec::with_capacity(ncpus, GFP_KERNEL)?;
+        for _ in 0..ncpus {
+            outcome.push(Atomic::new(NOT_RUN), GFP_KERNEL)?;
+        }
+        let probe = Probe {
+            host: self,
+            outcome,
+        };
+        // SAFETY: `probe_this_cpu` only reads `probe` through the pointer and
+        // writes its own CPU's atomic slot; `rvmx_on_each_cpu` waits until it
+        // has run everywhere, so `probe` outlives every use.
+        unsafe { rvmx_on_each_cpu(probe_this_cpu, (&raw const probe).cast_mut().cast()) };
+
+        let mut report = ProbeReport::default();
+        for (cpu, slot) in probe.outcome.iter().enumerate() {
+            match slot.load(Relaxed) {
+                NOT_RUN => continue,
+                USABLE => report.usable += 1,
+                code => {
+                    if report.first_failure.is_none() {
+                        let err = RootError::from_code(code).unwrap_or(RootError::VmxonFailed);
+                        report.first_failure = Some((cpu as u32, err));
+                    }
+                }
+            }
+            report.cpus += 1;
+        }
+        Ok(report)
+    }
+}

@@ -1,0 +1,9 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! Intel VMX: capabilities, the instructions, and root operation on the host.
+
+pub(crate) mod caps;
+pub(crate) mod host;
+pub(crate) mod instr;
+pub(crate) mod msr;
+pub(crate) mod root;

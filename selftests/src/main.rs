@@ -1,0 +1,63 @@
+//! rvmx selftests: run inside the lab VM (or on a VT-x host) against the real
+//! module and `/dev/rvmx`, printing KTAP like kselftest.
+//!
+//! Usage: rvmx-selftests [--module PATH] [--filter SUBSTRING]
+//!
+//! `--module` is the rvmx.ko the load/unload tests use (default
+//! /lib/modules/$(uname -r)/extra/rvmx.ko, where `make modules_install`
+//! and the lab put it); rvmx is loaded from it first if it is not loaded.
+
+mod device;
+mod ioctl;
+mod kmod;
+mod ktap;
+mod module;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// What every test may use.
+pub struct Ctx {
+    pub module: PathBuf,
+}
+
+fn main() -> ExitCode {
+    let mut module = kmod::modules_dir().join("extra/rvmx.ko");
+    let mut filter = None;
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        match (arg.as_str(), args.next()) {
+            ("--module", Some(path)) => module = path.into(),
+            ("--filter", Some(f)) => filter = Some(f),
+            _ => {
+                eprintln!("usage: rvmx-selftests [--module PATH] [--filter SUBSTRING]");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    if !kmod::is_loaded("rvmx") {
+        if let Err(e) = kmod::insmod(&module) {
+            // Still print a plan, so the harness sees the failure as a test.
+            println!(
+                "KTAP version 1\n1..1\n# insmod {}: {e}\nnot ok 1 load_rvmx",
+                module.display()
+            );
+            return ExitCode::FAILURE;
+        }
+    }
+    let ctx = Ctx { module };
+    let tests: Vec<ktap::Test> = device::TESTS
+        .iter()
+        .chain(module::TESTS)
+        .filter(|t| filter.as_deref().is_none_or(|f| t.name.contains(f)))
+        .map(|t| ktap::Test {
+            name: t.name,
+            run: t.run,
+        })
+        .collect();
+    if ktap::run(&ctx, &tests) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}

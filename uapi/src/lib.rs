@@ -1,0 +1,13 @@
+//! The rvmx userspace ABI.
+//!
+//! [`sys`] is generated from `uapi/rvmx.h` by `scripts/gen-uapi` (the kernel
+//! module includes the same file); [`Rvmx`] makes the calls on `/dev/rvmx`.
+
+pub mod sys {
+    #![allow(non_camel_case_types, non_upper_case_globals, dead_code)]
+    include!("bindings.rs");
+}
+
+mod device;
+
+pub use device::{Rvmx, DEVICE_PATH};
