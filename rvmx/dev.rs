@@ -4,15 +4,14 @@
 
 use kernel::{
     fs::File,
-    ioctl::{_IOC_NR, _IOC_TYPE},
     miscdevice::{MiscDevice, MiscDeviceRegistration},
     prelude::*,
     sync::Arc,
-    uaccess::UserSlice,
 };
 
 use crate::{
-    uapi,
+    anon_file, ioctl, uapi,
+    vm::Vm,
     vmx::host::{ProbeReport, VmxHost},
     RvmxModule,
 };
@@ -22,20 +21,13 @@ pub(crate) struct RvmxFile {
     host: Arc<VmxHost>,
 }
 
-/// The ioctls `/dev/rvmx` answers. A command that matches one of them in
-/// type and number but not in direction or size is malformed (`EINVAL`);
-/// anything else is not ours (`ENOTTY`).
-const DEV_IOCTLS: [u32; 2] = [uapi::RVMX_GET_API_VERSION, uapi::RVMX_GET_VMX_CAPS];
-
-/// The errno for a command that matched no ioctl in `known`.
-fn unknown_ioctl(cmd: u32, known: &[u32]) -> Error {
-    let same_slot = |k: &u32| _IOC_TYPE(*k) == _IOC_TYPE(cmd) && _IOC_NR(*k) == _IOC_NR(cmd);
-    if known.iter().any(same_slot) {
-        EINVAL
-    } else {
-        ENOTTY
-    }
-}
+/// The ioctls `/dev/rvmx` answers.
+const DEV_IOCTLS: [u32; 4] = [
+    uapi::RVMX_GET_API_VERSION,
+    uapi::RVMX_GET_VMX_CAPS,
+    uapi::RVMX_CREATE_VM,
+    uapi::RVMX_GET_VCPU_MMAP_SIZE,
+];
 
 #[vtable]
 impl MiscDevice for RvmxFile {
@@ -55,7 +47,9 @@ impl MiscDevice for RvmxFile {
         match cmd {
             uapi::RVMX_GET_API_VERSION => Ok(uapi::RVMX_API_VERSION as isize),
             uapi::RVMX_GET_VMX_CAPS => me.get_vmx_caps(arg),
-            _ => Err(unknown_ioctl(cmd, &DEV_IOCTLS)),
+            uapi::RVMX_CREATE_VM => me.create_vm(arg),
+            uapi::RVMX_GET_VCPU_MMAP_SIZE => Ok(crate::vcpu::RUN_AREA_SIZE as isize),
+            _ => Err(ioctl::unknown(cmd, &DEV_IOCTLS)),
         }
     }
 }
@@ -63,10 +57,20 @@ impl MiscDevice for RvmxFile {
 impl RvmxFile {
     fn get_vmx_caps(&self, arg: usize) -> Result<isize> {
         let report = self.host.probe()?;
-        let caps = vmx_caps(&self.host, &report);
-        let mut out = UserSlice::new(UserPtr::from_addr(arg), size_of_val(&caps)).writer();
-        out.write(&caps)?;
+        ioctl::write_arg(arg, &vmx_caps(&self.host, &report))?;
         Ok(0)
+    }
+
+    /// `RVMX_CREATE_VM`: the argument is the machine type, which must be 0.
+    fn create_vm(&self, machine_type: usize) -> Result<isize> {
+        if machine_type != 0 {
+            return Err(EINVAL);
+        }
+        let report = self.host.probe()?;
+        if let Some((_, err)) = report.first_failure {
+            return Err(err.errno());
+        }
+        Ok(anon_file::install(Vm::create(self.host.clone())?)? as isize)
     }
 }
 

@@ -8,8 +8,17 @@ use kernel::{
     sync::Arc,
 };
 
+mod anon_file;
 mod dev;
+mod ept;
+mod exit;
+mod ioctl;
+mod irq;
+mod mem;
+mod phys;
 mod uapi;
+mod vcpu;
+mod vm;
 mod vmx;
 
 use dev::RvmxFile;

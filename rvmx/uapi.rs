@@ -14,7 +14,17 @@
 
 include!("../uapi/src/bindings.rs");
 
-// SAFETY: `rvmx_vmx_caps` is `repr(C)` and made of `u32`/`u64` fields laid out
-// without padding (the generated layout asserts pin every offset and the total
-// size), so every byte is initialized.
-unsafe impl kernel::transmute::AsBytes for rvmx_vmx_caps {}
+/// Marks ABI structs as plain bytes in both directions.
+macro_rules! plain_bytes {
+    ($($t:ty),*) => {$(
+        // SAFETY: the struct is `repr(C)` and made only of integer fields
+        // (and arrays or structs of them) laid out without implicit padding,
+        // which the generated layout asserts pin down: every byte is
+        // initialized and every bit pattern is a valid value.
+        unsafe impl kernel::transmute::AsBytes for $t {}
+        // SAFETY: as above.
+        unsafe impl kernel::transmute::FromBytes for $t {}
+    )*};
+}
+
+plain_bytes!(rvmx_vmx_caps, rvmx_userspace_memory_region, rvmx_regs, rvmx_sregs);

@@ -59,8 +59,181 @@ struct rvmx_vmx_caps {
 	__u64 reserved[8];	/* zero */
 };
 
+
+/* ---- VMs ---------------------------------------------------------------- */
+
+/* Limits a VM lives within. */
+#define RVMX_MAX_MEM_SLOTS	32
+#define RVMX_MAX_VCPUS		8
+/* Guest-physical addresses rvmx maps: 4-level EPT, 48 bits. */
+#define RVMX_MAX_GPA		(1ull << 48)
+
+/* struct rvmx_userspace_memory_region.flags */
+/* Guest writes to the slot exit to userspace as MMIO writes. */
+#define RVMX_MEM_READONLY	(1u << 1)
+
+/*
+ * Maps guest-physical [guest_phys_addr, +memory_size) to the caller's memory
+ * at userspace_addr. memory_size 0 deletes the slot. Same layout as KVM's
+ * struct kvm_userspace_memory_region.
+ */
+struct rvmx_userspace_memory_region {
+	__u32 slot;
+	__u32 flags;
+	__u64 guest_phys_addr;
+	__u64 memory_size;
+	__u64 userspace_addr;
+};
+
+/* ---- vCPU state: layouts as KVM's kvm_regs/kvm_segment/kvm_sregs --------- */
+
+struct rvmx_regs {
+	__u64 rax, rbx, rcx, rdx;
+	__u64 rsi, rdi, rsp, rbp;
+	__u64 r8, r9, r10, r11;
+	__u64 r12, r13, r14, r15;
+	__u64 rip, rflags;
+};
+
+struct rvmx_segment {
+	__u64 base;
+	__u32 limit;
+	__u16 selector;
+	__u8 type;
+	__u8 present, dpl, db, s, l, g, avl;
+	__u8 unusable;
+	__u8 padding;
+};
+
+struct rvmx_dtable {
+	__u64 base;
+	__u16 limit;
+	__u16 padding[3];
+};
+
+struct rvmx_sregs {
+	struct rvmx_segment cs, ds, es, fs, gs, ss;
+	struct rvmx_segment tr, ldt;
+	struct rvmx_dtable gdt, idt;
+	__u64 cr0, cr2, cr3, cr4, cr8;
+	__u64 efer;
+	__u64 apic_base;
+	__u64 interrupt_bitmap[4];	/* zero: rvmx does not queue interrupts here */
+};
+
+/* ---- The run area: mmap'd from the vCPU fd ------------------------------- */
+
+/* struct rvmx_run.exit_reason (numbers as KVM's KVM_EXIT_*) */
+#define RVMX_EXIT_UNKNOWN		0
+#define RVMX_EXIT_IO			2
+#define RVMX_EXIT_HYPERCALL		3
+#define RVMX_EXIT_HLT			5
+#define RVMX_EXIT_MMIO			6
+#define RVMX_EXIT_SHUTDOWN		8
+#define RVMX_EXIT_FAIL_ENTRY		9
+#define RVMX_EXIT_INTR			10
+#define RVMX_EXIT_INTERNAL_ERROR	17
+
+#define RVMX_EXIT_IO_IN		0
+#define RVMX_EXIT_IO_OUT	1
+
+/* struct rvmx_run.internal.suberror */
+/* An exit reason rvmx does not handle; data[0] is the VMX basic exit reason. */
+#define RVMX_INTERNAL_ERROR_UNHANDLED_EXIT	1
+/* An MMIO access rvmx could not decode; data[0] is the guest RIP. */
+#define RVMX_INTERNAL_ERROR_EMULATION		2
+
+/* Bytes of the run area's data section (PIO data), at RVMX_RUN_DATA_OFFSET. */
+#define RVMX_RUN_DATA_OFFSET	2048
+#define RVMX_RUN_DATA_SIZE	2048
+
+struct rvmx_exit_hw {
+	__u64 hardware_exit_reason;
+};
+
+struct rvmx_exit_fail_entry {
+	__u64 hardware_entry_failure_reason;
+	__u32 cpu;
+};
+
+struct rvmx_exit_io {
+	__u8 direction;
+	__u8 size;
+	__u16 port;
+	__u32 count;
+	__u64 data_offset;
+};
+
+struct rvmx_exit_mmio {
+	__u64 phys_addr;
+	__u8 data[8];
+	__u32 len;
+	__u8 is_write;
+};
+
+struct rvmx_exit_hypercall {
+	__u64 nr;
+	__u64 args[6];
+	__u64 ret;
+	__u64 flags;
+};
+
+struct rvmx_exit_internal {
+	__u32 suberror;
+	__u32 ndata;
+	__u64 data[16];
+};
+
+struct rvmx_run {
+	/* in */
+	__u8 request_interrupt_window;	/* must be 0: no interrupt injection yet */
+	__u8 immediate_exit;
+	__u8 padding1[6];
+
+	/* out */
+	__u32 exit_reason;
+	__u8 ready_for_interrupt_injection;
+	__u8 if_flag;
+	__u16 flags;
+
+	__u64 cr8;
+	__u64 apic_base;
+
+	union {
+		/* RVMX_EXIT_UNKNOWN */
+		struct rvmx_exit_hw hw;
+		/* RVMX_EXIT_FAIL_ENTRY */
+		struct rvmx_exit_fail_entry fail_entry;
+		/* RVMX_EXIT_IO: data at data_offset from the start of the run area */
+		struct rvmx_exit_io io;
+		/* RVMX_EXIT_MMIO: for reads, fill data before the next RVMX_RUN */
+		struct rvmx_exit_mmio mmio;
+		/* RVMX_EXIT_HYPERCALL: VMCALL with nr = RAX, args = RBX, RCX, RDX, RSI,
+		 * RDI, R8; ret is written back to RAX on the next RVMX_RUN */
+		struct rvmx_exit_hypercall hypercall;
+		/* RVMX_EXIT_INTERNAL_ERROR */
+		struct rvmx_exit_internal internal;
+		char padding[256];
+	};
+};
+
+/* ---- ioctls --------------------------------------------------------------- */
+
 /* ioctls on the /dev/rvmx fd */
 #define RVMX_GET_API_VERSION	_IO(RVMXIO, 0x00)
 #define RVMX_GET_VMX_CAPS	_IOR(RVMXIO, 0x01, struct rvmx_vmx_caps)
+#define RVMX_CREATE_VM		_IO(RVMXIO, 0x02)
+#define RVMX_GET_VCPU_MMAP_SIZE	_IO(RVMXIO, 0x03)
+
+/* ioctls on a VM fd */
+#define RVMX_SET_USER_MEMORY_REGION _IOW(RVMXIO, 0x10, struct rvmx_userspace_memory_region)
+#define RVMX_CREATE_VCPU	_IO(RVMXIO, 0x11)
+
+/* ioctls on a vCPU fd */
+#define RVMX_RUN		_IO(RVMXIO, 0x20)
+#define RVMX_GET_REGS		_IOR(RVMXIO, 0x21, struct rvmx_regs)
+#define RVMX_SET_REGS		_IOW(RVMXIO, 0x22, struct rvmx_regs)
+#define RVMX_GET_SREGS		_IOR(RVMXIO, 0x23, struct rvmx_sregs)
+#define RVMX_SET_SREGS		_IOW(RVMXIO, 0x24, struct rvmx_sregs)
 
 #endif /* _UAPI_RVMX_H */

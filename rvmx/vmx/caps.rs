@@ -14,6 +14,11 @@ pub(crate) const PROC2_ENABLE_EPT: u32 = 1 << 1;
 pub(crate) const PROC2_ENABLE_VPID: u32 = 1 << 5;
 pub(crate) const PROC2_UNRESTRICTED_GUEST: u32 = 1 << 7;
 
+/// IA32_VMX_EPT_VPID_CAP: INVEPT single-context (bit 25), INVVPID
+/// single-context (bit 41).
+const EPT_INVEPT_SINGLE_CONTEXT: u64 = 1 << 25;
+const VPID_INVVPID_SINGLE_CONTEXT: u64 = 1 << 41;
+
 /// IA32_VMX_BASIC[55]: the TRUE_* control MSRs exist and report the
 /// default-1 controls that may be cleared.
 const BASIC_TRUE_CONTROLS: u64 = 1 << 55;
@@ -134,6 +139,10 @@ impl VmxCaps {
             Some("EPT (extended page tables)")
         } else if !self.has_unrestricted_guest() {
             Some("unrestricted guest")
+        } else if self.ept_vpid & EPT_INVEPT_SINGLE_CONTEXT == 0 {
+            Some("single-context INVEPT")
+        } else if self.has_vpid() && self.ept_vpid & VPID_INVVPID_SINGLE_CONTEXT == 0 {
+            Some("single-context INVVPID")
         } else {
             None
         }
@@ -216,6 +225,7 @@ mod tests {
     #[test]
     fn missing_unrestricted_guest_is_named() {
         let caps = VmxCaps {
+            ept_vpid: EPT_INVEPT_SINGLE_CONTEXT | VPID_INVVPID_SINGLE_CONTEXT,
             basic: 0x1000 << 32,
             procbased: u64::from(PROC_ACTIVATE_SECONDARY) << 32,
             procbased2: u64::from(PROC2_ENABLE_EPT | PROC2_ENABLE_VPID) << 32,

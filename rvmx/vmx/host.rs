@@ -13,8 +13,10 @@ use kernel::{
 
 use super::{
     caps::VmxCaps,
+    controls::{Controls, Unsupported},
     instr::{self, CR4_FRED},
     root::{RootError, RootWindow, VmxonRegion},
+    vpid::VpidPool,
 };
 
 /// CPUID.1:ECX.VMX[bit 5].
@@ -33,6 +35,7 @@ pub(crate) struct VmxHost {
     pub(crate) caps: VmxCaps,
     /// One VMXON region per possible CPU, indexed by CPU number.
     regions: KVec<VmxonRegion>,
+    pub(crate) vpids: VpidPool,
 }
 
 /// What [`VmxHost::probe`] found on the online CPUs.
@@ -86,6 +89,19 @@ unsafe extern "C" fn probe_this_cpu(info: *mut c_void) {
     }
 }
 
+/// Host features the VM run loop relies on, beyond VMX itself.
+fn missing_host_feature() -> Option<&'static str> {
+    // CPUID.1:ECX.OSXSAVE[27]: XSAVE enabled by the kernel (guest FPU).
+    if instr::cpuid(1, 0).2 & (1 << 27) == 0 {
+        return Some("XSAVE enabled by the OS (CPUID.1:ECX.OSXSAVE)");
+    }
+    // CPUID.80000001H:EDX.RDTSCP[27]: IA32_TSC_AUX exists (switched MSR).
+    if instr::cpuid(0x8000_0001, 0).3 & (1 << 27) == 0 {
+        return Some("RDTSCP (IA32_TSC_AUX)");
+    }
+    None
+}
+
 impl VmxHost {
     /// Checks that this CPU can do what rvmx needs and reads its capabilities.
     pub(crate) fn new() -> Result<Self> {
@@ -96,6 +112,14 @@ impl VmxHost {
         // SAFETY: all VMX capability MSRs `read` touches exist when
         // CPUID.1:ECX.VMX=1 (it skips the optional ones the CPU lacks).
         let caps = VmxCaps::read(|msr| unsafe { instr::rdmsr(msr) });
+        if let Some(missing) = missing_host_feature() {
+            pr_err!("this CPU lacks {missing}, which rvmx requires\n");
+            return Err(ENODEV);
+        }
+        if Self::host_uses_fred() {
+            pr_err!("the host delivers events with FRED; rvmx can only hand NMIs to an IDT host\n");
+            return Err(ENODEV);
+        }
         if let Some(missing) = caps.missing_requirement() {
             pr_err!("this CPU's VMX lacks {missing}, which rvmx requires\n");
             return Err(ENODEV);
@@ -105,7 +129,7 @@ impl VmxHost {
         for _ in 0..ncpus {
             regions.push(VmxonRegion::new(caps.vmcs_revision())?, GFP_KERNEL)?;
         }
-        Ok(Self { caps, regions })
+        Ok(Self { caps, regions, vpids: VpidPool::new() })
     }
 
     /// Whether the host delivers events with FRED rather than the IDT.
@@ -124,6 +148,25 @@ impl VmxHost {
             return Err(RootError::Asymmetric);
         }
         Ok(())
+    }
+
+    /// The VMXON region of CPU `cpu`.
+    pub(crate) fn region(&self, cpu: usize) -> Option<&VmxonRegion> {
+        self.regions.get(cpu)
+    }
+
+    /// The control words VMs on this host use.
+    pub(crate) fn controls(&self) -> Result<Controls, Unsupported> {
+        Controls::new(&self.caps)
+    }
+
+    /// Interrupts every online CPU and waits until each has taken the
+    /// interrupt: a vCPU in guest mode on any of them has left its VMX
+    /// window by the time this returns.
+    pub(crate) fn kick_all_cpus(&self) {
+        unsafe extern "C" fn nothing(_: *mut c_void) {}
+        // SAFETY: `nothing` does nothing with its argument.
+        unsafe { rvmx_on_each_cpu(nothing, core::ptr::null_mut()) };
     }
 
     /// Enters and leaves VMX root operation on every online CPU, now.

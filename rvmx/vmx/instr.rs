@@ -58,6 +58,13 @@ pub(crate) unsafe fn rdmsr(msr: u32) -> u64 {
     (u64::from(hi) << 32) | u64::from(lo)
 }
 
+pub(crate) fn rdtsc() -> u64 {
+    let (lo, hi): (u32, u32);
+    // SAFETY: RDTSC only reads the time-stamp counter.
+    unsafe { asm!("rdtsc", out("eax") lo, out("edx") hi, options(nostack, preserves_flags, nomem)) };
+    (u64::from(hi) << 32) | u64::from(lo)
+}
+
 pub(crate) fn read_cr0() -> u64 {
     let cr0: u64;
     // SAFETY: reading CR0 in ring 0 has no side effects.
@@ -128,4 +135,237 @@ pub(crate) unsafe fn vmxoff() -> Result<(), VmFail> {
              options(nostack));
     }
     vm_result(cf, zf)
+}
+
+/// Writes model-specific register `msr`.
+///
+/// # Safety
+///
+/// `msr` must exist and accept `value`, and changing it must not break the
+/// host: callers only switch MSRs that the host restores or does not use
+/// while they hold the guest's value.
+pub(crate) unsafe fn wrmsr(msr: u32, value: u64) {
+    // SAFETY: guaranteed by the caller, see above.
+    unsafe {
+        asm!("wrmsr", in("ecx") msr, in("eax") value as u32, in("edx") (value >> 32) as u32,
+             options(nostack, preserves_flags));
+    }
+}
+
+pub(crate) fn read_cr3() -> u64 {
+    let cr3: u64;
+    // SAFETY: reading CR3 in ring 0 has no side effects.
+    unsafe { asm!("mov {}, cr3", out(reg) cr3, options(nostack, preserves_flags, nomem)) };
+    cr3
+}
+
+/// A descriptor-table register as SGDT/SIDT store it.
+#[repr(C, packed)]
+#[derive(Clone, Copy, Default)]
+pub(crate) struct DescriptorTable {
+    pub(crate) limit: u16,
+    pub(crate) base: u64,
+}
+
+pub(crate) fn sgdt() -> DescriptorTable {
+    let mut dt = DescriptorTable::default();
+    // SAFETY: SGDT stores 10 bytes into `dt`, which is that large.
+    unsafe { asm!("sgdt [{}]", in(reg) &raw mut dt, options(nostack, preserves_flags)) };
+    dt
+}
+
+pub(crate) fn sidt() -> DescriptorTable {
+    let mut dt = DescriptorTable::default();
+    // SAFETY: SIDT stores 10 bytes into `dt`, which is that large.
+    unsafe { asm!("sidt [{}]", in(reg) &raw mut dt, options(nostack, preserves_flags)) };
+    dt
+}
+
+/// Reloads the GDTR (a VM exit truncates its limit to 0xffff).
+///
+/// # Safety
+///
+/// `dt` must be the value `sgdt` returned on this CPU.
+pub(crate) unsafe fn lgdt(dt: &DescriptorTable) {
+    // SAFETY: guaranteed by the caller: the host's own GDT.
+    unsafe { asm!("lgdt [{}]", in(reg) dt, options(nostack, preserves_flags, readonly)) };
+}
+
+/// Reloads the IDTR (a VM exit truncates its limit to 0xffff).
+///
+/// # Safety
+///
+/// `dt` must be the value `sidt` returned on this CPU.
+pub(crate) unsafe fn lidt(dt: &DescriptorTable) {
+    // SAFETY: guaranteed by the caller: the host's own IDT.
+    unsafe { asm!("lidt [{}]", in(reg) dt, options(nostack, preserves_flags, readonly)) };
+}
+
+/// The selectors of the segment registers a VM exit may change.
+#[derive(Clone, Copy, Default)]
+pub(crate) struct Selectors {
+    pub(crate) cs: u16,
+    pub(crate) ss: u16,
+    pub(crate) ds: u16,
+    pub(crate) es: u16,
+    pub(crate) tr: u16,
+}
+
+pub(crate) fn selectors() -> Selectors {
+    let (cs, ss, ds, es, tr): (u16, u16, u16, u16, u16);
+    // SAFETY: reading segment selectors and TR has no side effects.
+    unsafe {
+        asm!("mov {0:x}, cs", "mov {1:x}, ss", "mov {2:x}, ds", "mov {3:x}, es", "str {4:x}",
+             out(reg) cs, out(reg) ss, out(reg) ds, out(reg) es, out(reg) tr,
+             options(nostack, preserves_flags, nomem));
+    }
+    Selectors { cs, ss, ds, es, tr }
+}
+
+/// Restores DS and ES, which a VM exit loads from the host-state area.
+///
+/// # Safety
+///
+/// `ds` and `es` must be the selectors `selectors` read on this thread.
+pub(crate) unsafe fn load_ds_es(ds: u16, es: u16) {
+    // SAFETY: guaranteed by the caller: the values these registers held.
+    unsafe { asm!("mov ds, {0:x}", "mov es, {1:x}", in(reg) ds, in(reg) es,
+                  options(nostack, preserves_flags)) };
+}
+
+pub(crate) fn xgetbv0() -> u64 {
+    let (lo, hi): (u32, u32);
+    // SAFETY: XGETBV(0) reads XCR0; rvmx requires XSAVE (CR4.OSXSAVE) before
+    // calling it.
+    unsafe { asm!("xgetbv", in("ecx") 0, out("eax") lo, out("edx") hi,
+                  options(nostack, preserves_flags, nomem)) };
+    (u64::from(hi) << 32) | u64::from(lo)
+}
+
+/// Sets XCR0.
+///
+/// # Safety
+///
+/// `value` must be a valid XCR0 for this CPU, and the host's XCR0 must be
+/// restored before the kernel or user space uses extended state again.
+pub(crate) unsafe fn xsetbv0(value: u64) {
+    // SAFETY: guaranteed by the caller, see above.
+    unsafe { asm!("xsetbv", in("ecx") 0, in("eax") value as u32, in("edx") (value >> 32) as u32,
+                  options(nostack, preserves_flags)) };
+}
+
+/// Saves the extended state components in `mask` into `area`.
+///
+/// # Safety
+///
+/// `area` must be a 64-byte aligned XSAVE area large enough for every
+/// component of the current XCR0, and the FPU must belong to the caller
+/// (between `kernel_fpu_begin` and `kernel_fpu_end`).
+pub(crate) unsafe fn xsave(area: *mut u8, mask: u64) {
+    // SAFETY: guaranteed by the caller, see above.
+    unsafe { asm!("xsave64 [{}]", in(reg) area, in("eax") mask as u32, in("edx") (mask >> 32) as u32,
+                  options(nostack, preserves_flags)) };
+}
+
+/// Loads the extended state components in `mask` from `area`.
+///
+/// # Safety
+///
+/// As for `xsave`, and `area` must hold a valid XSAVE image (one `xsave`
+/// wrote, or a zeroed area with a valid header).
+pub(crate) unsafe fn xrstor(area: *const u8, mask: u64) {
+    // SAFETY: guaranteed by the caller, see above.
+    unsafe { asm!("xrstor64 [{}]", in(reg) area, in("eax") mask as u32, in("edx") (mask >> 32) as u32,
+                  options(nostack, preserves_flags, readonly)) };
+}
+
+/// Makes the VMCS at physical `vmcs` current and active on this CPU.
+///
+/// # Safety
+///
+/// The CPU must be in VMX root operation (inside a `RootWindow`), and
+/// `vmcs` must be a VMCS region tagged with the revision identifier that is
+/// not current on any other CPU.
+pub(crate) unsafe fn vmptrld(vmcs: u64) -> Result<(), VmFail> {
+    let (cf, zf): (u8, u8);
+    // SAFETY: guaranteed by the caller, see above.
+    unsafe {
+        asm!("vmptrld [{}]", "setc {}", "setz {}", in(reg) &vmcs, out(reg_byte) cf,
+             out(reg_byte) zf, options(nostack, readonly));
+    }
+    vm_result(cf, zf)
+}
+
+/// Flushes the VMCS at physical `vmcs` to memory and makes it inactive
+/// and not current.
+///
+/// # Safety
+///
+/// As for `vmptrld`.
+pub(crate) unsafe fn vmclear(vmcs: u64) -> Result<(), VmFail> {
+    let (cf, zf): (u8, u8);
+    // SAFETY: guaranteed by the caller, see above.
+    unsafe {
+        asm!("vmclear [{}]", "setc {}", "setz {}", in(reg) &vmcs, out(reg_byte) cf,
+             out(reg_byte) zf, options(nostack));
+    }
+    vm_result(cf, zf)
+}
+
+/// VMREAD of the field with `encoding` in the current VMCS.
+///
+/// # Safety
+///
+/// A VMCS must be current on this CPU.
+pub(crate) unsafe fn vmread(encoding: u32) -> Result<u64, VmFail> {
+    let (value, cf, zf): (u64, u8, u8);
+    // SAFETY: guaranteed by the caller, see above.
+    unsafe {
+        asm!("vmread {}, {}", "setc {}", "setz {}", out(reg) value, in(reg) u64::from(encoding),
+             out(reg_byte) cf, out(reg_byte) zf, options(nostack, nomem));
+    }
+    vm_result(cf, zf).map(|()| value)
+}
+
+/// VMWRITE of `value` into the field with `encoding` in the current VMCS.
+///
+/// # Safety
+///
+/// A VMCS must be current on this CPU, and `value` must not make the host
+/// state it describes unsafe to return to.
+pub(crate) unsafe fn vmwrite(encoding: u32, value: u64) -> Result<(), VmFail> {
+    let (cf, zf): (u8, u8);
+    // SAFETY: guaranteed by the caller, see above.
+    unsafe {
+        asm!("vmwrite {}, {}", "setc {}", "setz {}", in(reg) u64::from(encoding), in(reg) value,
+             out(reg_byte) cf, out(reg_byte) zf, options(nostack, nomem));
+    }
+    vm_result(cf, zf)
+}
+
+/// INVEPT single-context (type 1) for `eptp`.
+///
+/// # Safety
+///
+/// The CPU must be in VMX root operation and support single-context INVEPT.
+pub(crate) unsafe fn invept_single(eptp: u64) {
+    let desc: [u64; 2] = [eptp, 0];
+    // SAFETY: guaranteed by the caller; the descriptor lives on the stack.
+    unsafe {
+        asm!("invept {}, [{}]", in(reg) 1u64, in(reg) &desc, options(nostack, readonly));
+    }
+}
+
+/// INVVPID single-context (type 1) for `vpid`.
+///
+/// # Safety
+///
+/// The CPU must be in VMX root operation and support single-context
+/// INVVPID, and `vpid` must not be 0.
+pub(crate) unsafe fn invvpid_single(vpid: u16) {
+    let desc: [u64; 2] = [u64::from(vpid), 0];
+    // SAFETY: guaranteed by the caller; the descriptor lives on the stack.
+    unsafe {
+        asm!("invvpid {}, [{}]", in(reg) 1u64, in(reg) &desc, options(nostack, readonly));
+    }
 }

@@ -8,7 +8,9 @@
 //! executes VMXON when opened, and executes VMXOFF and restores CR4 when
 //! dropped. Nothing outside a window sees VMX state.
 
-use kernel::{page::Page, prelude::*};
+use kernel::prelude::*;
+
+use crate::phys::{virt_to_phys, PageBuf};
 
 use super::{
     caps::VmxCaps,
@@ -76,25 +78,12 @@ impl RootError {
 
 /// A 4 KiB VMXON region, tagged with the VMCS revision identifier.
 pub(crate) struct VmxonRegion {
-    _page: Page,
-    phys: u64,
-}
-
-extern "C" {
-    /// `page_to_phys()` from `shim.c`; takes a `struct page *`.
-    fn rvmx_page_to_phys(page: *mut core::ffi::c_void) -> u64;
+    page: KBox<PageBuf>,
 }
 
 impl VmxonRegion {
     pub(crate) fn new(revision: u32) -> Result<Self> {
-        let page = Page::alloc_page(GFP_KERNEL | __GFP_ZERO)?;
-        let rev = revision.to_ne_bytes();
-        // SAFETY: `rev` is valid for reading 4 bytes, and the page was just
-        // allocated and is not shared yet, so nothing can race this write.
-        unsafe { page.write_raw(rev.as_ptr(), 0, rev.len())? };
-        // SAFETY: `page` is a valid, allocated page owned by `page`.
-        let phys = unsafe { rvmx_page_to_phys(page.as_ptr().cast()) };
-        Ok(Self { _page: page, phys })
+        Ok(Self { page: PageBuf::vmx_region(revision)? })
     }
 }
 
@@ -132,7 +121,7 @@ impl RootWindow {
         unsafe { instr::write_cr4(cr4 | CR4_VMXE) };
         // SAFETY: VMXE is set, the fixed bits were checked above, and the
         // region is page-aligned, tagged and owned by this CPU (caller).
-        match unsafe { instr::vmxon(region.phys) } {
+        match unsafe { instr::vmxon(virt_to_phys(&*region.page)) } {
             Ok(()) => Ok(Self { saved_cr4: cr4 }),
             Err(_) => {
                 // SAFETY: restores the value read above, still with

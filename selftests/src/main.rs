@@ -8,10 +8,12 @@
 //! and the lab put it); rvmx is loaded from it first if it is not loaded.
 
 mod device;
+mod guest;
 mod ioctl;
 mod kmod;
 mod ktap;
 mod module;
+mod vm;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -48,6 +50,7 @@ fn main() -> ExitCode {
     let ctx = Ctx { module };
     let tests: Vec<ktap::Test> = device::TESTS
         .iter()
+        .chain(vm::TESTS)
         .chain(module::TESTS)
         .filter(|t| filter.as_deref().is_none_or(|f| t.name.contains(f)))
         .map(|t| ktap::Test {

@@ -9,8 +9,38 @@ pub const RVMX_CAP_VPID: u32 = 8;
 pub const RVMX_CAP_UNRESTRICTED_GUEST: u32 = 16;
 pub const RVMX_CAP_TRUE_CONTROLS: u32 = 32;
 pub const RVMX_CAP_HOST_FRED: u32 = 64;
+pub const RVMX_MAX_MEM_SLOTS: u32 = 32;
+pub const RVMX_MAX_VCPUS: u32 = 8;
+pub const RVMX_MAX_GPA: u64 = 281474976710656;
+pub const RVMX_MEM_READONLY: u32 = 2;
+pub const RVMX_EXIT_UNKNOWN: u32 = 0;
+pub const RVMX_EXIT_IO: u32 = 2;
+pub const RVMX_EXIT_HYPERCALL: u32 = 3;
+pub const RVMX_EXIT_HLT: u32 = 5;
+pub const RVMX_EXIT_MMIO: u32 = 6;
+pub const RVMX_EXIT_SHUTDOWN: u32 = 8;
+pub const RVMX_EXIT_FAIL_ENTRY: u32 = 9;
+pub const RVMX_EXIT_INTR: u32 = 10;
+pub const RVMX_EXIT_INTERNAL_ERROR: u32 = 17;
+pub const RVMX_EXIT_IO_IN: u32 = 0;
+pub const RVMX_EXIT_IO_OUT: u32 = 1;
+pub const RVMX_INTERNAL_ERROR_UNHANDLED_EXIT: u32 = 1;
+pub const RVMX_INTERNAL_ERROR_EMULATION: u32 = 2;
+pub const RVMX_RUN_DATA_OFFSET: u32 = 2048;
+pub const RVMX_RUN_DATA_SIZE: u32 = 2048;
 pub const RVMX_GET_API_VERSION: u32 = 44800;
 pub const RVMX_GET_VMX_CAPS: u32 = 2159062785;
+pub const RVMX_CREATE_VM: u32 = 44802;
+pub const RVMX_GET_VCPU_MMAP_SIZE: u32 = 44803;
+pub const RVMX_SET_USER_MEMORY_REGION: u32 = 1075883792;
+pub const RVMX_CREATE_VCPU: u32 = 44817;
+pub const RVMX_RUN: u32 = 44832;
+pub const RVMX_GET_REGS: u32 = 2156965665;
+pub const RVMX_SET_REGS: u32 = 1083223842;
+pub const RVMX_GET_SREGS: u32 = 2167975715;
+pub const RVMX_SET_SREGS: u32 = 1094233892;
+pub type __u8 = core::ffi::c_uchar;
+pub type __u16 = core::ffi::c_ushort;
 pub type __u32 = core::ffi::c_uint;
 pub type __u64 = core::ffi::c_ulonglong;
 #[repr(C)]
@@ -89,4 +119,505 @@ const _: () = {
     [
         "Offset of field: rvmx_vmx_caps::reserved",
     ][::core::mem::offset_of!(rvmx_vmx_caps, reserved) - 112usize];
+};
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct rvmx_userspace_memory_region {
+    pub slot: __u32,
+    pub flags: __u32,
+    pub guest_phys_addr: __u64,
+    pub memory_size: __u64,
+    pub userspace_addr: __u64,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    [
+        "Size of rvmx_userspace_memory_region",
+    ][::core::mem::size_of::<rvmx_userspace_memory_region>() - 32usize];
+    [
+        "Alignment of rvmx_userspace_memory_region",
+    ][::core::mem::align_of::<rvmx_userspace_memory_region>() - 8usize];
+    [
+        "Offset of field: rvmx_userspace_memory_region::slot",
+    ][::core::mem::offset_of!(rvmx_userspace_memory_region, slot) - 0usize];
+    [
+        "Offset of field: rvmx_userspace_memory_region::flags",
+    ][::core::mem::offset_of!(rvmx_userspace_memory_region, flags) - 4usize];
+    [
+        "Offset of field: rvmx_userspace_memory_region::guest_phys_addr",
+    ][::core::mem::offset_of!(rvmx_userspace_memory_region, guest_phys_addr) - 8usize];
+    [
+        "Offset of field: rvmx_userspace_memory_region::memory_size",
+    ][::core::mem::offset_of!(rvmx_userspace_memory_region, memory_size) - 16usize];
+    [
+        "Offset of field: rvmx_userspace_memory_region::userspace_addr",
+    ][::core::mem::offset_of!(rvmx_userspace_memory_region, userspace_addr) - 24usize];
+};
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct rvmx_regs {
+    pub rax: __u64,
+    pub rbx: __u64,
+    pub rcx: __u64,
+    pub rdx: __u64,
+    pub rsi: __u64,
+    pub rdi: __u64,
+    pub rsp: __u64,
+    pub rbp: __u64,
+    pub r8: __u64,
+    pub r9: __u64,
+    pub r10: __u64,
+    pub r11: __u64,
+    pub r12: __u64,
+    pub r13: __u64,
+    pub r14: __u64,
+    pub r15: __u64,
+    pub rip: __u64,
+    pub rflags: __u64,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of rvmx_regs"][::core::mem::size_of::<rvmx_regs>() - 144usize];
+    ["Alignment of rvmx_regs"][::core::mem::align_of::<rvmx_regs>() - 8usize];
+    [
+        "Offset of field: rvmx_regs::rax",
+    ][::core::mem::offset_of!(rvmx_regs, rax) - 0usize];
+    [
+        "Offset of field: rvmx_regs::rbx",
+    ][::core::mem::offset_of!(rvmx_regs, rbx) - 8usize];
+    [
+        "Offset of field: rvmx_regs::rcx",
+    ][::core::mem::offset_of!(rvmx_regs, rcx) - 16usize];
+    [
+        "Offset of field: rvmx_regs::rdx",
+    ][::core::mem::offset_of!(rvmx_regs, rdx) - 24usize];
+    [
+        "Offset of field: rvmx_regs::rsi",
+    ][::core::mem::offset_of!(rvmx_regs, rsi) - 32usize];
+    [
+        "Offset of field: rvmx_regs::rdi",
+    ][::core::mem::offset_of!(rvmx_regs, rdi) - 40usize];
+    [
+        "Offset of field: rvmx_regs::rsp",
+    ][::core::mem::offset_of!(rvmx_regs, rsp) - 48usize];
+    [
+        "Offset of field: rvmx_regs::rbp",
+    ][::core::mem::offset_of!(rvmx_regs, rbp) - 56usize];
+    ["Offset of field: rvmx_regs::r8"][::core::mem::offset_of!(rvmx_regs, r8) - 64usize];
+    ["Offset of field: rvmx_regs::r9"][::core::mem::offset_of!(rvmx_regs, r9) - 72usize];
+    [
+        "Offset of field: rvmx_regs::r10",
+    ][::core::mem::offset_of!(rvmx_regs, r10) - 80usize];
+    [
+        "Offset of field: rvmx_regs::r11",
+    ][::core::mem::offset_of!(rvmx_regs, r11) - 88usize];
+    [
+        "Offset of field: rvmx_regs::r12",
+    ][::core::mem::offset_of!(rvmx_regs, r12) - 96usize];
+    [
+        "Offset of field: rvmx_regs::r13",
+    ][::core::mem::offset_of!(rvmx_regs, r13) - 104usize];
+    [
+        "Offset of field: rvmx_regs::r14",
+    ][::core::mem::offset_of!(rvmx_regs, r14) - 112usize];
+    [
+        "Offset of field: rvmx_regs::r15",
+    ][::core::mem::offset_of!(rvmx_regs, r15) - 120usize];
+    [
+        "Offset of field: rvmx_regs::rip",
+    ][::core::mem::offset_of!(rvmx_regs, rip) - 128usize];
+    [
+        "Offset of field: rvmx_regs::rflags",
+    ][::core::mem::offset_of!(rvmx_regs, rflags) - 136usize];
+};
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct rvmx_segment {
+    pub base: __u64,
+    pub limit: __u32,
+    pub selector: __u16,
+    pub type_: __u8,
+    pub present: __u8,
+    pub dpl: __u8,
+    pub db: __u8,
+    pub s: __u8,
+    pub l: __u8,
+    pub g: __u8,
+    pub avl: __u8,
+    pub unusable: __u8,
+    pub padding: __u8,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of rvmx_segment"][::core::mem::size_of::<rvmx_segment>() - 24usize];
+    ["Alignment of rvmx_segment"][::core::mem::align_of::<rvmx_segment>() - 8usize];
+    [
+        "Offset of field: rvmx_segment::base",
+    ][::core::mem::offset_of!(rvmx_segment, base) - 0usize];
+    [
+        "Offset of field: rvmx_segment::limit",
+    ][::core::mem::offset_of!(rvmx_segment, limit) - 8usize];
+    [
+        "Offset of field: rvmx_segment::selector",
+    ][::core::mem::offset_of!(rvmx_segment, selector) - 12usize];
+    [
+        "Offset of field: rvmx_segment::type_",
+    ][::core::mem::offset_of!(rvmx_segment, type_) - 14usize];
+    [
+        "Offset of field: rvmx_segment::present",
+    ][::core::mem::offset_of!(rvmx_segment, present) - 15usize];
+    [
+        "Offset of field: rvmx_segment::dpl",
+    ][::core::mem::offset_of!(rvmx_segment, dpl) - 16usize];
+    [
+        "Offset of field: rvmx_segment::db",
+    ][::core::mem::offset_of!(rvmx_segment, db) - 17usize];
+    [
+        "Offset of field: rvmx_segment::s",
+    ][::core::mem::offset_of!(rvmx_segment, s) - 18usize];
+    [
+        "Offset of field: rvmx_segment::l",
+    ][::core::mem::offset_of!(rvmx_segment, l) - 19usize];
+    [
+        "Offset of field: rvmx_segment::g",
+    ][::core::mem::offset_of!(rvmx_segment, g) - 20usize];
+    [
+        "Offset of field: rvmx_segment::avl",
+    ][::core::mem::offset_of!(rvmx_segment, avl) - 21usize];
+    [
+        "Offset of field: rvmx_segment::unusable",
+    ][::core::mem::offset_of!(rvmx_segment, unusable) - 22usize];
+    [
+        "Offset of field: rvmx_segment::padding",
+    ][::core::mem::offset_of!(rvmx_segment, padding) - 23usize];
+};
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct rvmx_dtable {
+    pub base: __u64,
+    pub limit: __u16,
+    pub padding: [__u16; 3usize],
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of rvmx_dtable"][::core::mem::size_of::<rvmx_dtable>() - 16usize];
+    ["Alignment of rvmx_dtable"][::core::mem::align_of::<rvmx_dtable>() - 8usize];
+    [
+        "Offset of field: rvmx_dtable::base",
+    ][::core::mem::offset_of!(rvmx_dtable, base) - 0usize];
+    [
+        "Offset of field: rvmx_dtable::limit",
+    ][::core::mem::offset_of!(rvmx_dtable, limit) - 8usize];
+    [
+        "Offset of field: rvmx_dtable::padding",
+    ][::core::mem::offset_of!(rvmx_dtable, padding) - 10usize];
+};
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct rvmx_sregs {
+    pub cs: rvmx_segment,
+    pub ds: rvmx_segment,
+    pub es: rvmx_segment,
+    pub fs: rvmx_segment,
+    pub gs: rvmx_segment,
+    pub ss: rvmx_segment,
+    pub tr: rvmx_segment,
+    pub ldt: rvmx_segment,
+    pub gdt: rvmx_dtable,
+    pub idt: rvmx_dtable,
+    pub cr0: __u64,
+    pub cr2: __u64,
+    pub cr3: __u64,
+    pub cr4: __u64,
+    pub cr8: __u64,
+    pub efer: __u64,
+    pub apic_base: __u64,
+    pub interrupt_bitmap: [__u64; 4usize],
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of rvmx_sregs"][::core::mem::size_of::<rvmx_sregs>() - 312usize];
+    ["Alignment of rvmx_sregs"][::core::mem::align_of::<rvmx_sregs>() - 8usize];
+    [
+        "Offset of field: rvmx_sregs::cs",
+    ][::core::mem::offset_of!(rvmx_sregs, cs) - 0usize];
+    [
+        "Offset of field: rvmx_sregs::ds",
+    ][::core::mem::offset_of!(rvmx_sregs, ds) - 24usize];
+    [
+        "Offset of field: rvmx_sregs::es",
+    ][::core::mem::offset_of!(rvmx_sregs, es) - 48usize];
+    [
+        "Offset of field: rvmx_sregs::fs",
+    ][::core::mem::offset_of!(rvmx_sregs, fs) - 72usize];
+    [
+        "Offset of field: rvmx_sregs::gs",
+    ][::core::mem::offset_of!(rvmx_sregs, gs) - 96usize];
+    [
+        "Offset of field: rvmx_sregs::ss",
+    ][::core::mem::offset_of!(rvmx_sregs, ss) - 120usize];
+    [
+        "Offset of field: rvmx_sregs::tr",
+    ][::core::mem::offset_of!(rvmx_sregs, tr) - 144usize];
+    [
+        "Offset of field: rvmx_sregs::ldt",
+    ][::core::mem::offset_of!(rvmx_sregs, ldt) - 168usize];
+    [
+        "Offset of field: rvmx_sregs::gdt",
+    ][::core::mem::offset_of!(rvmx_sregs, gdt) - 192usize];
+    [
+        "Offset of field: rvmx_sregs::idt",
+    ][::core::mem::offset_of!(rvmx_sregs, idt) - 208usize];
+    [
+        "Offset of field: rvmx_sregs::cr0",
+    ][::core::mem::offset_of!(rvmx_sregs, cr0) - 224usize];
+    [
+        "Offset of field: rvmx_sregs::cr2",
+    ][::core::mem::offset_of!(rvmx_sregs, cr2) - 232usize];
+    [
+        "Offset of field: rvmx_sregs::cr3",
+    ][::core::mem::offset_of!(rvmx_sregs, cr3) - 240usize];
+    [
+        "Offset of field: rvmx_sregs::cr4",
+    ][::core::mem::offset_of!(rvmx_sregs, cr4) - 248usize];
+    [
+        "Offset of field: rvmx_sregs::cr8",
+    ][::core::mem::offset_of!(rvmx_sregs, cr8) - 256usize];
+    [
+        "Offset of field: rvmx_sregs::efer",
+    ][::core::mem::offset_of!(rvmx_sregs, efer) - 264usize];
+    [
+        "Offset of field: rvmx_sregs::apic_base",
+    ][::core::mem::offset_of!(rvmx_sregs, apic_base) - 272usize];
+    [
+        "Offset of field: rvmx_sregs::interrupt_bitmap",
+    ][::core::mem::offset_of!(rvmx_sregs, interrupt_bitmap) - 280usize];
+};
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct rvmx_exit_hw {
+    pub hardware_exit_reason: __u64,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of rvmx_exit_hw"][::core::mem::size_of::<rvmx_exit_hw>() - 8usize];
+    ["Alignment of rvmx_exit_hw"][::core::mem::align_of::<rvmx_exit_hw>() - 8usize];
+    [
+        "Offset of field: rvmx_exit_hw::hardware_exit_reason",
+    ][::core::mem::offset_of!(rvmx_exit_hw, hardware_exit_reason) - 0usize];
+};
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct rvmx_exit_fail_entry {
+    pub hardware_entry_failure_reason: __u64,
+    pub cpu: __u32,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    [
+        "Size of rvmx_exit_fail_entry",
+    ][::core::mem::size_of::<rvmx_exit_fail_entry>() - 16usize];
+    [
+        "Alignment of rvmx_exit_fail_entry",
+    ][::core::mem::align_of::<rvmx_exit_fail_entry>() - 8usize];
+    [
+        "Offset of field: rvmx_exit_fail_entry::hardware_entry_failure_reason",
+    ][::core::mem::offset_of!(rvmx_exit_fail_entry, hardware_entry_failure_reason)
+        - 0usize];
+    [
+        "Offset of field: rvmx_exit_fail_entry::cpu",
+    ][::core::mem::offset_of!(rvmx_exit_fail_entry, cpu) - 8usize];
+};
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct rvmx_exit_io {
+    pub direction: __u8,
+    pub size: __u8,
+    pub port: __u16,
+    pub count: __u32,
+    pub data_offset: __u64,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of rvmx_exit_io"][::core::mem::size_of::<rvmx_exit_io>() - 16usize];
+    ["Alignment of rvmx_exit_io"][::core::mem::align_of::<rvmx_exit_io>() - 8usize];
+    [
+        "Offset of field: rvmx_exit_io::direction",
+    ][::core::mem::offset_of!(rvmx_exit_io, direction) - 0usize];
+    [
+        "Offset of field: rvmx_exit_io::size",
+    ][::core::mem::offset_of!(rvmx_exit_io, size) - 1usize];
+    [
+        "Offset of field: rvmx_exit_io::port",
+    ][::core::mem::offset_of!(rvmx_exit_io, port) - 2usize];
+    [
+        "Offset of field: rvmx_exit_io::count",
+    ][::core::mem::offset_of!(rvmx_exit_io, count) - 4usize];
+    [
+        "Offset of field: rvmx_exit_io::data_offset",
+    ][::core::mem::offset_of!(rvmx_exit_io, data_offset) - 8usize];
+};
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct rvmx_exit_mmio {
+    pub phys_addr: __u64,
+    pub data: [__u8; 8usize],
+    pub len: __u32,
+    pub is_write: __u8,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of rvmx_exit_mmio"][::core::mem::size_of::<rvmx_exit_mmio>() - 24usize];
+    ["Alignment of rvmx_exit_mmio"][::core::mem::align_of::<rvmx_exit_mmio>() - 8usize];
+    [
+        "Offset of field: rvmx_exit_mmio::phys_addr",
+    ][::core::mem::offset_of!(rvmx_exit_mmio, phys_addr) - 0usize];
+    [
+        "Offset of field: rvmx_exit_mmio::data",
+    ][::core::mem::offset_of!(rvmx_exit_mmio, data) - 8usize];
+    [
+        "Offset of field: rvmx_exit_mmio::len",
+    ][::core::mem::offset_of!(rvmx_exit_mmio, len) - 16usize];
+    [
+        "Offset of field: rvmx_exit_mmio::is_write",
+    ][::core::mem::offset_of!(rvmx_exit_mmio, is_write) - 20usize];
+};
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct rvmx_exit_hypercall {
+    pub nr: __u64,
+    pub args: [__u64; 6usize],
+    pub ret: __u64,
+    pub flags: __u64,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    [
+        "Size of rvmx_exit_hypercall",
+    ][::core::mem::size_of::<rvmx_exit_hypercall>() - 72usize];
+    [
+        "Alignment of rvmx_exit_hypercall",
+    ][::core::mem::align_of::<rvmx_exit_hypercall>() - 8usize];
+    [
+        "Offset of field: rvmx_exit_hypercall::nr",
+    ][::core::mem::offset_of!(rvmx_exit_hypercall, nr) - 0usize];
+    [
+        "Offset of field: rvmx_exit_hypercall::args",
+    ][::core::mem::offset_of!(rvmx_exit_hypercall, args) - 8usize];
+    [
+        "Offset of field: rvmx_exit_hypercall::ret",
+    ][::core::mem::offset_of!(rvmx_exit_hypercall, ret) - 56usize];
+    [
+        "Offset of field: rvmx_exit_hypercall::flags",
+    ][::core::mem::offset_of!(rvmx_exit_hypercall, flags) - 64usize];
+};
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct rvmx_exit_internal {
+    pub suberror: __u32,
+    pub ndata: __u32,
+    pub data: [__u64; 16usize],
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    [
+        "Size of rvmx_exit_internal",
+    ][::core::mem::size_of::<rvmx_exit_internal>() - 136usize];
+    [
+        "Alignment of rvmx_exit_internal",
+    ][::core::mem::align_of::<rvmx_exit_internal>() - 8usize];
+    [
+        "Offset of field: rvmx_exit_internal::suberror",
+    ][::core::mem::offset_of!(rvmx_exit_internal, suberror) - 0usize];
+    [
+        "Offset of field: rvmx_exit_internal::ndata",
+    ][::core::mem::offset_of!(rvmx_exit_internal, ndata) - 4usize];
+    [
+        "Offset of field: rvmx_exit_internal::data",
+    ][::core::mem::offset_of!(rvmx_exit_internal, data) - 8usize];
+};
+#[repr(C)]
+#[derive(Copy, Clone)]
+pub struct rvmx_run {
+    pub request_interrupt_window: __u8,
+    pub immediate_exit: __u8,
+    pub padding1: [__u8; 6usize],
+    pub exit_reason: __u32,
+    pub ready_for_interrupt_injection: __u8,
+    pub if_flag: __u8,
+    pub flags: __u16,
+    pub cr8: __u64,
+    pub apic_base: __u64,
+    pub __bindgen_anon_1: rvmx_run__bindgen_ty_1,
+}
+#[repr(C)]
+#[derive(Copy, Clone)]
+pub union rvmx_run__bindgen_ty_1 {
+    pub hw: rvmx_exit_hw,
+    pub fail_entry: rvmx_exit_fail_entry,
+    pub io: rvmx_exit_io,
+    pub mmio: rvmx_exit_mmio,
+    pub hypercall: rvmx_exit_hypercall,
+    pub internal: rvmx_exit_internal,
+    pub padding: [core::ffi::c_char; 256usize],
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    [
+        "Size of rvmx_run__bindgen_ty_1",
+    ][::core::mem::size_of::<rvmx_run__bindgen_ty_1>() - 256usize];
+    [
+        "Alignment of rvmx_run__bindgen_ty_1",
+    ][::core::mem::align_of::<rvmx_run__bindgen_ty_1>() - 8usize];
+    [
+        "Offset of field: rvmx_run__bindgen_ty_1::hw",
+    ][::core::mem::offset_of!(rvmx_run__bindgen_ty_1, hw) - 0usize];
+    [
+        "Offset of field: rvmx_run__bindgen_ty_1::fail_entry",
+    ][::core::mem::offset_of!(rvmx_run__bindgen_ty_1, fail_entry) - 0usize];
+    [
+        "Offset of field: rvmx_run__bindgen_ty_1::io",
+    ][::core::mem::offset_of!(rvmx_run__bindgen_ty_1, io) - 0usize];
+    [
+        "Offset of field: rvmx_run__bindgen_ty_1::mmio",
+    ][::core::mem::offset_of!(rvmx_run__bindgen_ty_1, mmio) - 0usize];
+    [
+        "Offset of field: rvmx_run__bindgen_ty_1::hypercall",
+    ][::core::mem::offset_of!(rvmx_run__bindgen_ty_1, hypercall) - 0usize];
+    [
+        "Offset of field: rvmx_run__bindgen_ty_1::internal",
+    ][::core::mem::offset_of!(rvmx_run__bindgen_ty_1, internal) - 0usize];
+    [
+        "Offset of field: rvmx_run__bindgen_ty_1::padding",
+    ][::core::mem::offset_of!(rvmx_run__bindgen_ty_1, padding) - 0usize];
+};
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of rvmx_run"][::core::mem::size_of::<rvmx_run>() - 288usize];
+    ["Alignment of rvmx_run"][::core::mem::align_of::<rvmx_run>() - 8usize];
+    [
+        "Offset of field: rvmx_run::request_interrupt_window",
+    ][::core::mem::offset_of!(rvmx_run, request_interrupt_window) - 0usize];
+    [
+        "Offset of field: rvmx_run::immediate_exit",
+    ][::core::mem::offset_of!(rvmx_run, immediate_exit) - 1usize];
+    [
+        "Offset of field: rvmx_run::padding1",
+    ][::core::mem::offset_of!(rvmx_run, padding1) - 2usize];
+    [
+        "Offset of field: rvmx_run::exit_reason",
+    ][::core::mem::offset_of!(rvmx_run, exit_reason) - 8usize];
+    [
+        "Offset of field: rvmx_run::ready_for_interrupt_injection",
+    ][::core::mem::offset_of!(rvmx_run, ready_for_interrupt_injection) - 12usize];
+    [
+        "Offset of field: rvmx_run::if_flag",
+    ][::core::mem::offset_of!(rvmx_run, if_flag) - 13usize];
+    [
+        "Offset of field: rvmx_run::flags",
+    ][::core::mem::offset_of!(rvmx_run, flags) - 14usize];
+    ["Offset of field: rvmx_run::cr8"][::core::mem::offset_of!(rvmx_run, cr8) - 16usize];
+    [
+        "Offset of field: rvmx_run::apic_base",
+    ][::core::mem::offset_of!(rvmx_run, apic_base) - 24usize];
 };

@@ -9,5 +9,7 @@ pub mod sys {
 }
 
 mod device;
+mod vm;
 
 pub use device::{Rvmx, DEVICE_PATH};
+pub use vm::{VcpuFd, VmFd};

@@ -1,0 +1,68 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! What the guest sees of CPUID: the host's values, without what rvmx
+//! does not virtualize. Pure logic: also compiled into the host unit tests.
+
+/// CPUID.1:ECX bits rvmx hides: MONITOR/MWAIT (3; MWAIT exits as #UD),
+/// VMX (5; no nested VMX), SMX (6), EST (7), TM2 (8), SDBG (11), PDCM (15),
+/// x2APIC (21), TSC-deadline (24; no local APIC yet).
+const LEAF1_ECX_HIDDEN: u32 = (1 << 3) | (1 << 5) | (1 << 6) | (1 << 7) | (1 << 8)
+    | (1 << 11) | (1 << 15) | (1 << 21) | (1 << 24);
+/// CPUID.1:ECX.hypervisor: the guest runs under a hypervisor.
+const LEAF1_ECX_HYPERVISOR: u32 = 1 << 31;
+/// CPUID.1:EDX bits rvmx hides: APIC (9), MCE (7) and MCA (14) (no
+/// machine-check virtualization), ACPI thermal (22), TM (29), PBE (31).
+const LEAF1_EDX_HIDDEN: u32 = (1 << 7) | (1 << 9) | (1 << 14) | (1 << 22) | (1 << 29) | (1 << 31);
+
+/// The guest's view of CPUID leaf `leaf`, sub-leaf `_subleaf`, given the
+/// host's registers (eax, ebx, ecx, edx) and the vCPU's id.
+pub(crate) fn filter(leaf: u32, _subleaf: u32, host: [u32; 4], vcpu_id: u32) -> [u32; 4] {
+    let [eax, ebx, ecx, edx] = host;
+    match leaf {
+        1 => [
+            eax,
+            // The initial APIC id is the vCPU id; one logical processor.
+            (ebx & 0x0000_ffff) | (vcpu_id << 24) | (1 << 16),
+            (ecx & !LEAF1_ECX_HIDDEN) | LEAF1_ECX_HYPERVISOR,
+            edx & !LEAF1_EDX_HIDDEN,
+        ],
+        // Thermal/power (6), performance monitoring (0xa): nothing.
+        6 | 0xa => [0; 4],
+        // Cache/topology leaves describe the host's cores: say one core.
+        4 => [eax & 0x3ff, ebx, ecx, edx],
+        0xb | 0x1f => [0, 0, 0, vcpu_id],
+        // Hypervisor leaves: rvmx's signature, no further leaves.
+        0x4000_0000 => [0x4000_0000, u32::from_le_bytes(*b"rvmx"), u32::from_le_bytes(*b"rvmx"), u32::from_le_bytes(*b"rvmx")],
+        0x4000_0001..=0x4fff_ffff => [0; 4],
+        _ => host,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn leaf1_hides_vmx_and_says_hypervisor() {
+        let [_, ebx, ecx, edx] = filter(1, 0, [0x506e3, 0x0102_0800, 0xffff_ffff, 0xffff_ffff], 3);
+        assert_eq!(ecx & (1 << 5), 0, "VMX visible");
+        assert_ne!(ecx & (1 << 31), 0, "hypervisor bit missing");
+        assert_eq!(edx & (1 << 9), 0, "APIC visible");
+        assert_eq!(ebx >> 24, 3, "APIC id is not the vCPU id");
+        assert_eq!(ebx & 0xffff, 0x0800);
+    }
+
+    #[test]
+    fn hypervisor_signature() {
+        let [max, b, c, d] = filter(0x4000_0000, 0, [0; 4], 0);
+        assert_eq!(max, 0x4000_0000);
+        let sig: [u8; 12] = [b.to_le_bytes(), c.to_le_bytes(), d.to_le_bytes()].concat().try_into().unwrap();
+        assert_eq!(&sig, b"rvmxrvmxrvmx");
+    }
+
+    #[test]
+    fn other_leaves_pass_through() {
+        assert_eq!(filter(0, 0, [0xd, 1, 2, 3], 0), [0xd, 1, 2, 3]);
+        assert_eq!(filter(0x8000_0001, 0, [4, 5, 6, 7], 0), [4, 5, 6, 7]);
+    }
+}

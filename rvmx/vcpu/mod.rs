@@ -1,0 +1,342 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! A vCPU: its VMCS, registers and run area, the ioctls of a vCPU fd, and
+//! the run loop.
+//!
+//! The run loop enters the guest inside a VMX window (see `vmx::root`):
+//! interrupts off, VMXON, VMPTRLD, host state, guest MSRs and FPU, then
+//! VMLAUNCH/VMRESUME until an exit that needs the host (an interrupt, user
+//! space, a reschedule); then VMCLEAR, VMXOFF and interrupts on. Exits rvmx
+//! handles in the kernel (CPUID, CR and MSR accesses, ...) resume without
+//! leaving the window. Since the VMCS is cleared at every window exit, the
+//! vCPU thread may run the next window on any CPU.
+
+mod cr;
+mod fpu;
+mod host;
+pub(crate) mod regs;
+mod reset;
+mod run_area;
+mod state;
+
+use kernel::{
+    cpu, current,
+    mm::virt::VmaNew,
+    new_mutex,
+    prelude::*,
+    sync::{atomic::Relaxed, Arc, ArcBorrow, Mutex},
+};
+
+use crate::{
+    anon_file::AnonFile,
+    exit::{self, Action},
+    ioctl,
+    irq::{self, IrqsOff},
+    phys::PageBuf,
+    uapi,
+    vm::Vm,
+    vmx::{
+        current::CurrentVmcs,
+        instr,
+        root::{RootError, RootWindow},
+        vmcs::Field32Ro,
+    },
+};
+
+pub(crate) use cr::{guest_cr0, write_cr0, write_cr4, write_efer, EFER_LMA};
+pub(crate) use state::EFER_VALID;
+pub(crate) use host::{
+    MSR_EFER, MSR_FS_BASE, MSR_GS_BASE, MSR_PAT, MSR_SFMASK, MSR_STAR, MSR_SYSENTER_CS,
+    MSR_SYSENTER_EIP, MSR_SYSENTER_ESP, MSR_TSC_AUX, SWITCHED_MSRS,
+};
+pub(crate) use run_area::RunArea;
+
+use fpu::{GuestFpu, KernelFpu};
+use host::SavedHost;
+use regs::{rvmx_vmenter, GuestRegs};
+
+pub(crate) const RUN_AREA_SIZE: usize = run_area::SIZE;
+
+const VCPU_IOCTLS: [u32; 5] = [
+    uapi::RVMX_RUN,
+    uapi::RVMX_GET_REGS,
+    uapi::RVMX_SET_REGS,
+    uapi::RVMX_GET_SREGS,
+    uapi::RVMX_SET_SREGS,
+];
+
+/// What a completed exit left for the next `RVMX_RUN` to finish.
+#[derive(Clone, Copy, Default)]
+pub(crate) enum Pending {
+    #[default]
+    None,
+    /// IN: the VMM put `size` bytes at the data offset; they go to RAX.
+    PortIn { size: u8 },
+    /// MMIO read: the VMM put `len` bytes in `mmio.data`; they go to GPR
+    /// `reg`, zero-extended.
+    MmioRead { len: u8, reg: u8 },
+    /// VMCALL: the VMM's `hypercall.ret` goes to RAX.
+    Hypercall,
+}
+
+/// Everything about the guest that is not in the VMCS.
+pub(crate) struct Guest {
+    pub(crate) regs: GuestRegs,
+    /// Values of `SWITCHED_MSRS`.
+    pub(crate) msrs: [u64; SWITCHED_MSRS.len()],
+    pub(crate) cr8: u64,
+    /// DR0-DR3, DR6 and DR7: MOV DR exits, and rvmx keeps the guest's
+    /// debug registers here, away from the host's.
+    pub(crate) dr: [u64; 8],
+    pub(crate) fpu: GuestFpu,
+    pub(crate) pending: Pending,
+    pub(crate) mtrr_def_type: u64,
+}
+
+struct State {
+    vmcs: KBox<PageBuf>,
+    initialized: bool,
+    /// The CPU of the last window, and the VM's EPT generation then.
+    last_cpu: Option<u32>,
+    ept_generation: u64,
+    guest: Guest,
+}
+
+#[pin_data(PinnedDrop)]
+pub(crate) struct Vcpu {
+    pub(crate) vm: Arc<Vm>,
+    pub(crate) id: u32,
+    pub(crate) vpid: u16,
+    pub(crate) run: RunArea,
+    /// Serializes the vCPU's ioctls (a RUN holds it while in the guest).
+    #[pin]
+    state: Mutex<State>,
+}
+
+/// How a window ended.
+enum Left {
+    /// For the host (interrupt, NMI): enter again.
+    Again,
+    /// The exit is in the run area for user space.
+    ToUser,
+}
+
+impl Vcpu {
+    pub(crate) fn create(vm: Arc<Vm>, id: u32) -> Result<Arc<Self>> {
+        let vpid = if vm.controls.uses_vpid() {
+            vm.host.vpids.alloc().ok_or(ENOSPC)?
+        } else {
+            0
+        };
+        let fpu = GuestFpu::new();
+        let vmcs = PageBuf::vmx_region(vm.host.caps.vmcs_revision());
+        let run = RunArea::new();
+        let (fpu, vmcs, run) = match (fpu, vmcs, run) {
+            (Ok(f), Ok(v), Ok(r)) => (f, v, r),
+            (f, v, r) => {
+                vm.host.vpids.free(vpid);
+                return Err(f.err().or(v.err()).or(r.err()).unwrap_or(ENOMEM));
+            }
+        };
+        let mut regs = GuestRegs::default();
+        // EDX after reset: the processor signature (family 6).
+        regs.gpr[regs::RDX] = 0x600;
+        let guest = Guest {
+            regs,
+            msrs: [0; SWITCHED_MSRS.len()],
+            cr8: 0,
+            dr: [0, 0, 0, 0, 0, 0, 0xffff_0ff0, 0x400],
+            fpu,
+            pending: Pending::None,
+            mtrr_def_type: 0,
+        };
+        let state = State { vmcs, initialized: false, last_cpu: None, ept_generation: 0, guest };
+        Arc::pin_init(
+            try_pin_init!(Self { vm, id, vpid, run, state <- new_mutex!(state) }),
+            GFP_KERNEL_ACCOUNT,
+        )
+    }
+
+    /// Runs `f` with this vCPU's VMCS current on this CPU, in a window.
+    /// Used by the state ioctls, outside RUN.
+    fn with_vmcs<R>(&self, st: &mut State, f: impl FnOnce(&Self, &CurrentVmcs<'_>, &mut Guest) -> R) -> Result<R> {
+        let _irqs = IrqsOff::new();
+        let window = self.open_window()?;
+        let vmcs = CurrentVmcs::load(&window, &mut st.vmcs).map_err(|_| EIO)?;
+        if !st.initialized {
+            reset::program(self, &vmcs);
+            st.initialized = true;
+        }
+        Ok(f(self, &vmcs, &mut st.guest))
+    }
+
+    /// Opens the VMX window on this CPU. Interrupts must be off (the
+    /// callers hold an `IrqsOff` that outlives the window).
+    fn open_window(&self) -> Result<RootWindow> {
+        let cpu = cpu::CpuId::current().as_u32() as usize;
+        let region = self.vm.host.region(cpu).ok_or(ENODEV)?;
+        // SAFETY: interrupts are off (caller) until after the window is
+        // dropped, and `region` is this CPU's, used by no other window: a
+        // window only exists with interrupts off, so none can be open on
+        // this CPU while we are.
+        unsafe { RootWindow::open(&self.vm.host.caps, region) }.map_err(|e: RootError| e.errno())
+    }
+
+    fn run(&self) -> Result<isize> {
+        if self.run.request_interrupt_window() {
+            return Err(EINVAL);
+        }
+        let mut st = self.state.lock();
+        exit::complete_pending(self, &mut st.guest);
+        loop {
+            if self.run.immediate_exit() || current!().signal_pending() {
+                self.run.set_exit(uapi::RVMX_EXIT_INTR, ());
+                return Err(EINTR);
+            }
+            irq::cond_resched();
+            match self.enter(&mut st)? {
+                Left::Again => continue,
+                Left::ToUser => return Ok(0),
+            }
+        }
+    }
+
+    /// One VMX window: enter the guest and stay until an exit needs the
+    /// host or user space.
+    fn enter(&self, st: &mut State) -> Result<Left> {
+        let _fpu = KernelFpu::begin();
+        let irqs = IrqsOff::new();
+        let window = self.open_window()?;
+        let vmcs = CurrentVmcs::load(&window, &mut st.vmcs).map_err(|_| EIO)?;
+        let guest = &mut st.guest;
+        if !st.initialized {
+            reset::program(self, &vmcs);
+            st.initialized = true;
+        }
+        let host = SavedHost::save_and_program(&vmcs);
+
+        // Cached translations to flush: another CPU ran this vCPU since (its
+        // VPID-tagged entries here may be stale), or guest memory shrank.
+        let cpu = cpu::CpuId::current().as_u32();
+        let generation = self.vm.ept_generation.load(Relaxed);
+        if st.last_cpu != Some(cpu) || st.ept_generation != generation {
+            // SAFETY: in VMX root operation (the window); rvmx requires
+            // single-context INVEPT and INVVPID support (checked at load).
+            unsafe {
+                instr::invept_single(self.vm.eptp);
+                if self.vpid != 0 {
+                    instr::invvpid_single(self.vpid);
+                }
+            }
+            st.last_cpu = Some(cpu);
+            st.ept_generation = generation;
+        }
+
+        host.load_guest_msrs(&guest.msrs);
+        let host_xcr0 = guest.fpu.load();
+        let mut launched = 0;
+        let mut nmi = false;
+        let left = loop {
+            // SAFETY: the VMCS is current and complete (`reset::program`,
+            // host state above), interrupts are off, and `regs` is the
+            // layout vmenter.S expects.
+            let failed = unsafe { rvmx_vmenter(&mut guest.regs, launched) };
+            if failed != 0 {
+                let error = vmcs.read(Field32Ro::InstructionError);
+                exit::report_entry_failure(self, u64::from(error) | (1 << 63), cpu);
+                break Left::ToUser;
+            }
+            launched = 1;
+            match exit::handle(self, &vmcs, guest) {
+                Action::Resume => continue,
+                Action::Host => break Left::Again,
+                Action::Nmi => {
+                    nmi = true;
+                    break Left::Again;
+                }
+                Action::User => break Left::ToUser,
+            }
+        };
+        guest.fpu.save(host_xcr0);
+        host.restore();
+        drop(vmcs);
+        drop(window);
+        if nmi {
+            // Hand the NMI the guest was interrupted by to the host's
+            // handler, through the IDT (rvmx refuses FRED hosts).
+            // SAFETY: vector 2 is the host's NMI handler, which runs on its
+            // own stack; interrupts are still off as for a real NMI.
+            unsafe { core::arch::asm!("int 2") };
+        }
+        drop(irqs);
+        Ok(left)
+    }
+
+    fn get_regs(&self, arg: usize) -> Result<isize> {
+        let mut st = self.state.lock();
+        let regs = self.with_vmcs(&mut st, |_, vmcs, guest| state::get_regs(vmcs, guest))?;
+        ioctl::write_arg(arg, &regs)?;
+        Ok(0)
+    }
+
+    fn set_regs(&self, arg: usize) -> Result<isize> {
+        let regs: uapi::rvmx_regs = ioctl::read_arg(arg)?;
+        let mut st = self.state.lock();
+        self.with_vmcs(&mut st, |_, vmcs, guest| state::set_regs(vmcs, guest, &regs))?;
+        Ok(0)
+    }
+
+    fn get_sregs(&self, arg: usize) -> Result<isize> {
+        let mut st = self.state.lock();
+        let sregs = self.with_vmcs(&mut st, |_, vmcs, guest| state::get_sregs(vmcs, guest))?;
+        ioctl::write_arg(arg, &sregs)?;
+        Ok(0)
+    }
+
+    fn set_sregs(&self, arg: usize) -> Result<isize> {
+        let sregs: uapi::rvmx_sregs = ioctl::read_arg(arg)?;
+        let mut st = self.state.lock();
+        self.with_vmcs(&mut st, |vcpu, vmcs, guest| state::set_sregs(vcpu, vmcs, guest, &sregs))??;
+        Ok(0)
+    }
+}
+
+#[pinned_drop]
+impl PinnedDrop for Vcpu {
+    fn drop(self: Pin<&mut Self>) {
+        self.vm.host.vpids.free(self.vpid);
+        self.vm.release_vcpu_id(self.id);
+    }
+}
+
+#[vtable]
+impl AnonFile for Vcpu {
+    const NAME: &'static CStr = c"rvmx-vcpu";
+
+    fn ioctl(this: ArcBorrow<'_, Self>, cmd: u32, arg: usize) -> Result<isize> {
+        this.vm.check_owner()?;
+        match cmd {
+            uapi::RVMX_RUN => this.run(),
+            uapi::RVMX_GET_REGS => this.get_regs(arg),
+            uapi::RVMX_SET_REGS => this.set_regs(arg),
+            uapi::RVMX_GET_SREGS => this.get_sregs(arg),
+            uapi::RVMX_SET_SREGS => this.set_sregs(arg),
+            _ => Err(ioctl::unknown(cmd, &VCPU_IOCTLS)),
+        }
+    }
+
+    /// Maps the run area: one page at offset 0, shared.
+    fn mmap(this: ArcBorrow<'_, Self>, vma: &VmaNew) -> Result {
+        this.vm.check_owner()?;
+        // SAFETY: the VMA is being set up by this mmap call, so reading its
+        // page offset does not race with a change of it.
+        let pgoff = unsafe { (*vma.as_ptr()).vm_pgoff };
+        if vma.end() - vma.start() != RUN_AREA_SIZE || pgoff != 0 {
+            return Err(EINVAL);
+        }
+        vma.try_clear_mayexec()?;
+        vma.set_dontcopy();
+        vma.set_dontexpand();
+        vma.set_mixedmap().vm_insert_page(vma.start(), this.run.page())
+    }
+}

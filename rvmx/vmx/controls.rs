@@ -1,0 +1,177 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! The VM-execution, VM-exit and VM-entry controls rvmx programs, derived
+//! from the capability MSRs (SDM Vol. 3, Chapter 25 and Appendix A.3-A.5).
+//!
+//! Each control word is built from the bits rvmx requires (VM creation
+//! fails with the missing bits named if the CPU cannot set them), the bits
+//! it uses when the CPU offers them, and the bits the CPU forces to 1.
+//! Pure logic: also compiled into the host unit tests.
+
+use super::caps::{VmxCaps, PROC2_ENABLE_EPT, PROC2_ENABLE_VPID, PROC2_UNRESTRICTED_GUEST, PROC_ACTIVATE_SECONDARY};
+
+pub(crate) const PIN_EXTERNAL_INTERRUPT_EXITING: u32 = 1 << 0;
+pub(crate) const PIN_NMI_EXITING: u32 = 1 << 3;
+
+pub(crate) const PROC_HLT_EXITING: u32 = 1 << 7;
+pub(crate) const PROC_MWAIT_EXITING: u32 = 1 << 10;
+pub(crate) const PROC_CR3_LOAD_EXITING: u32 = 1 << 15;
+pub(crate) const PROC_CR3_STORE_EXITING: u32 = 1 << 16;
+pub(crate) const PROC_MOV_DR_EXITING: u32 = 1 << 23;
+pub(crate) const PROC_UNCONDITIONAL_IO_EXITING: u32 = 1 << 24;
+pub(crate) const PROC_MONITOR_EXITING: u32 = 1 << 29;
+
+pub(crate) const PROC2_ENABLE_RDTSCP: u32 = 1 << 3;
+pub(crate) const PROC2_ENABLE_INVPCID: u32 = 1 << 12;
+pub(crate) const PROC2_ENABLE_XSAVES: u32 = 1 << 20;
+
+pub(crate) const EXIT_HOST_ADDRESS_SPACE_SIZE: u32 = 1 << 9;
+pub(crate) const EXIT_SAVE_PAT: u32 = 1 << 18;
+pub(crate) const EXIT_LOAD_PAT: u32 = 1 << 19;
+pub(crate) const EXIT_SAVE_EFER: u32 = 1 << 20;
+pub(crate) const EXIT_LOAD_EFER: u32 = 1 << 21;
+
+pub(crate) const ENTRY_IA32E_MODE_GUEST: u32 = 1 << 9;
+pub(crate) const ENTRY_LOAD_PAT: u32 = 1 << 14;
+pub(crate) const ENTRY_LOAD_EFER: u32 = 1 << 15;
+
+/// Controls rvmx must be able to clear: with EPT, CR3 accesses need not exit.
+const PROC_MUST_CLEAR: u32 = PROC_CR3_LOAD_EXITING | PROC_CR3_STORE_EXITING;
+
+/// Which control word could not be set as rvmx needs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Unsupported {
+    pub(crate) word: &'static str,
+    /// Bits rvmx needs set that the CPU cannot set, or needs clear that it
+    /// cannot clear.
+    pub(crate) bits: u32,
+}
+
+/// Builds one control word from its capability MSR (allowed-0 settings in
+/// bits 31:0, allowed-1 settings in bits 63:32).
+pub(crate) fn adjust(
+    word: &'static str,
+    cap: u64,
+    required: u32,
+    optional: u32,
+    must_clear: u32,
+) -> Result<u32, Unsupported> {
+    let (must_be_1, may_be_1) = (cap as u32, (cap >> 32) as u32);
+    let missing = required & !may_be_1;
+    if missing != 0 {
+        return Err(Unsupported { word, bits: missing });
+    }
+    let stuck = must_clear & must_be_1;
+    if stuck != 0 {
+        return Err(Unsupported { word, bits: stuck });
+    }
+    Ok((required | (optional & may_be_1) | must_be_1) & !must_clear)
+}
+
+/// The control words of every VMCS rvmx builds on this host.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Controls {
+    pub(crate) pin: u32,
+    pub(crate) proc: u32,
+    pub(crate) proc2: u32,
+    pub(crate) exit: u32,
+    /// Without `ENTRY_IA32E_MODE_GUEST`, which follows the guest's EFER.LMA.
+    pub(crate) entry: u32,
+}
+
+impl Controls {
+    pub(crate) fn new(caps: &VmxCaps) -> Result<Self, Unsupported> {
+        let vpid = if caps.has_vpid() { PROC2_ENABLE_VPID } else { 0 };
+        Ok(Self {
+            pin: adjust(
+                "pin-based",
+                caps.pinbased,
+                PIN_EXTERNAL_INTERRUPT_EXITING | PIN_NMI_EXITING,
+                0,
+                0,
+            )?,
+            proc: adjust(
+                "processor-based",
+                caps.procbased,
+                PROC_HLT_EXITING
+                    | PROC_UNCONDITIONAL_IO_EXITING
+                    | PROC_MOV_DR_EXITING
+                    | PROC_MWAIT_EXITING
+                    | PROC_MONITOR_EXITING
+                    | PROC_ACTIVATE_SECONDARY,
+                0,
+                PROC_MUST_CLEAR,
+            )?,
+            proc2: adjust(
+                "secondary processor-based",
+                caps.procbased2,
+                PROC2_ENABLE_EPT | PROC2_UNRESTRICTED_GUEST,
+                vpid | PROC2_ENABLE_RDTSCP | PROC2_ENABLE_INVPCID | PROC2_ENABLE_XSAVES,
+                0,
+            )?,
+            exit: adjust(
+                "VM-exit",
+                caps.exit,
+                EXIT_HOST_ADDRESS_SPACE_SIZE | EXIT_SAVE_EFER | EXIT_LOAD_EFER,
+                EXIT_SAVE_PAT | EXIT_LOAD_PAT,
+                0,
+            )?,
+            entry: adjust(
+                "VM-entry",
+                caps.entry,
+                ENTRY_LOAD_EFER,
+                ENTRY_LOAD_PAT,
+                ENTRY_IA32E_MODE_GUEST,
+            )?,
+        })
+    }
+
+    pub(crate) fn uses_vpid(&self) -> bool {
+        self.proc2 & PROC2_ENABLE_VPID != 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn adjust_sets_required_optional_and_forced_bits() {
+        // must-be-1 = 0x16, may-be-1 = 0xff
+        let cap = 0x0000_00ff_0000_0016;
+        assert_eq!(adjust("w", cap, 0x1, 0x100 | 0x8, 0), Ok(0x1 | 0x8 | 0x16));
+    }
+
+    #[test]
+    fn adjust_names_missing_required_bits() {
+        let cap = 0x0000_00ff_0000_0000;
+        assert_eq!(adjust("w", cap, 0x300, 0, 0), Err(Unsupported { word: "w", bits: 0x300 }));
+    }
+
+    #[test]
+    fn adjust_refuses_bits_it_cannot_clear() {
+        let cap = 0x0000_ffff_0000_8000;
+        assert_eq!(adjust("w", cap, 0, 0, 0x8000), Err(Unsupported { word: "w", bits: 0x8000 }));
+        assert_eq!(adjust("w", 0x0000_ffff_0000_0000, 0, 0x8000, 0x8000), Ok(0));
+    }
+
+    #[test]
+    fn bochs_skylake_x_controls() {
+        let caps = VmxCaps {
+            basic: 0x00d8_1000_0000_002b,
+            pinbased: 0x0000_00ff_0000_0016,
+            procbased: 0xfff9_fffe_0400_6172,
+            procbased2: 0x0257_7fff_0000_0000,
+            exit: 0x407f_ffff_0003_6dfb,
+            entry: 0x0000_ffff_0000_11fb,
+            ..VmxCaps::default()
+        };
+        let c = Controls::new(&caps).expect("Bochs offers everything rvmx needs");
+        assert_eq!(c.pin & (PIN_EXTERNAL_INTERRUPT_EXITING | PIN_NMI_EXITING), 0x9);
+        assert_eq!(c.proc & PROC_MUST_CLEAR, 0);
+        assert_ne!(c.proc & PROC_ACTIVATE_SECONDARY, 0);
+        assert!(c.uses_vpid());
+        assert_eq!(c.entry & ENTRY_IA32E_MODE_GUEST, 0);
+        assert_ne!(c.exit & EXIT_LOAD_EFER, 0);
+    }
+}

@@ -1,0 +1,150 @@
+//! VM and vCPU file descriptors of `/dev/rvmx`, with safe calls.
+
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::ptr::NonNull;
+
+use crate::sys;
+
+/// ioctl returning an int, or the OS error.
+pub(crate) fn ioctl_with<T>(fd: &impl AsRawFd, cmd: u32, arg: *mut T) -> io::Result<i32> {
+    // SAFETY: callers pass an argument of the type the command encodes
+    // (or an integer for `_IO` commands); the kernel validates the rest.
+    let ret = unsafe { libc::ioctl(fd.as_raw_fd(), cmd as _, arg) };
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret)
+    }
+}
+
+fn ioctl_val(fd: &impl AsRawFd, cmd: u32, arg: usize) -> io::Result<i32> {
+    ioctl_with(fd, cmd, arg as *mut u8)
+}
+
+/// A VM (`RVMX_CREATE_VM`).
+#[derive(Debug)]
+pub struct VmFd {
+    fd: OwnedFd,
+    mmap_size: usize,
+}
+
+/// A vCPU (`RVMX_CREATE_VCPU`) with its run area mapped.
+#[derive(Debug)]
+pub struct VcpuFd {
+    fd: OwnedFd,
+    run: NonNull<sys::rvmx_run>,
+    run_len: usize,
+}
+
+// SAFETY: the run area mapping belongs to this object; the kernel
+// serializes the vCPU's ioctls, and `run` is only accessed through `&mut`.
+unsafe impl Send for VcpuFd {}
+
+impl crate::Rvmx {
+    /// `RVMX_CREATE_VM`.
+    pub fn create_vm(&self) -> io::Result<VmFd> {
+        let mmap_size = ioctl_val(self, sys::RVMX_GET_VCPU_MMAP_SIZE, 0)? as usize;
+        let fd = ioctl_val(self, sys::RVMX_CREATE_VM, 0)?;
+        // SAFETY: the kernel just returned this new fd to us.
+        Ok(VmFd { fd: unsafe { OwnedFd::from_raw_fd(fd) }, mmap_size })
+    }
+}
+
+impl VmFd {
+    /// `RVMX_SET_USER_MEMORY_REGION`.
+    ///
+    /// # Safety
+    ///
+    /// `[userspace_addr, +memory_size)` must stay mapped and must not be
+    /// used for anything else while the slot exists: the guest reads and
+    /// writes it.
+    pub unsafe fn set_user_memory_region(&self, mut region: sys::rvmx_userspace_memory_region) -> io::Result<()> {
+        ioctl_with(self, sys::RVMX_SET_USER_MEMORY_REGION, &mut region).map(drop)
+    }
+
+    /// `RVMX_CREATE_VCPU` and the mapping of its run area.
+    pub fn create_vcpu(&self, id: u32) -> io::Result<VcpuFd> {
+        let fd = ioctl_val(self, sys::RVMX_CREATE_VCPU, id as usize)?;
+        // SAFETY: the kernel just returned this new fd to us.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        // SAFETY: a shared mapping of the vCPU fd at offset 0, of the size
+        // the kernel reported; checked for failure below.
+        let run = unsafe {
+            libc::mmap(std::ptr::null_mut(), self.mmap_size, libc::PROT_READ | libc::PROT_WRITE,
+                       libc::MAP_SHARED, fd.as_raw_fd(), 0)
+        };
+        if run == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let run = NonNull::new(run.cast()).ok_or_else(|| io::Error::other("mmap returned NULL"))?;
+        Ok(VcpuFd { fd, run, run_len: self.mmap_size })
+    }
+}
+
+impl VcpuFd {
+    /// `RVMX_RUN`: runs until an exit for user space; see `run_area`.
+    pub fn run(&mut self) -> io::Result<()> {
+        ioctl_val(self, sys::RVMX_RUN, 0).map(drop)
+    }
+
+    pub fn regs(&self) -> io::Result<sys::rvmx_regs> {
+        // SAFETY: all-zero is a valid `rvmx_regs`.
+        let mut regs: sys::rvmx_regs = unsafe { std::mem::zeroed() };
+        ioctl_with(self, sys::RVMX_GET_REGS, &mut regs)?;
+        Ok(regs)
+    }
+
+    pub fn set_regs(&self, regs: &sys::rvmx_regs) -> io::Result<()> {
+        let mut regs = *regs;
+        ioctl_with(self, sys::RVMX_SET_REGS, &mut regs).map(drop)
+    }
+
+    pub fn sregs(&self) -> io::Result<sys::rvmx_sregs> {
+        // SAFETY: all-zero is a valid `rvmx_sregs`.
+        let mut sregs: sys::rvmx_sregs = unsafe { std::mem::zeroed() };
+        ioctl_with(self, sys::RVMX_GET_SREGS, &mut sregs)?;
+        Ok(sregs)
+    }
+
+    pub fn set_sregs(&self, sregs: &sys::rvmx_sregs) -> io::Result<()> {
+        let mut sregs = *sregs;
+        ioctl_with(self, sys::RVMX_SET_SREGS, &mut sregs).map(drop)
+    }
+
+    /// The run area: the last exit, and fields to fill before the next run.
+    pub fn run_area(&mut self) -> &mut sys::rvmx_run {
+        // SAFETY: the mapping lives as long as `self` and is at least one
+        // `rvmx_run` long; `&mut self` makes this the only Rust reference.
+        unsafe { self.run.as_mut() }
+    }
+
+    /// The `len` bytes at `offset` in the run area (PIO data).
+    pub fn run_data(&mut self, offset: u64, len: usize) -> Option<&mut [u8]> {
+        let offset = usize::try_from(offset).ok()?;
+        if offset.checked_add(len)? > self.run_len {
+            return None;
+        }
+        // SAFETY: bounds checked above against the mapping's length.
+        Some(unsafe { std::slice::from_raw_parts_mut(self.run.as_ptr().cast::<u8>().add(offset), len) })
+    }
+}
+
+impl Drop for VcpuFd {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in `create_vcpu`.
+        unsafe { libc::munmap(self.run.as_ptr().cast(), self.run_len) };
+    }
+}
+
+impl AsRawFd for VmFd {
+    fn as_raw_fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+}
+
+impl AsRawFd for VcpuFd {
+    fn as_raw_fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+}
