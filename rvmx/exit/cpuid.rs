@@ -6,8 +6,15 @@
 /// CPUID.1:ECX bits rvmx hides: MONITOR/MWAIT (3; MWAIT exits as #UD),
 /// VMX (5; no nested VMX), SMX (6), EST (7), TM2 (8), SDBG (11), PDCM (15),
 /// x2APIC (21), TSC-deadline (24; no local APIC yet).
-const LEAF1_ECX_HIDDEN: u32 = (1 << 3) | (1 << 5) | (1 << 6) | (1 << 7) | (1 << 8)
-    | (1 << 11) | (1 << 15) | (1 << 21) | (1 << 24);
+const LEAF1_ECX_HIDDEN: u32 = (1 << 3)
+    | (1 << 5)
+    | (1 << 6)
+    | (1 << 7)
+    | (1 << 8)
+    | (1 << 11)
+    | (1 << 15)
+    | (1 << 21)
+    | (1 << 24);
 /// CPUID.1:ECX.hypervisor: the guest runs under a hypervisor.
 const LEAF1_ECX_HYPERVISOR: u32 = 1 << 31;
 /// CPUID.1:EDX bits rvmx hides: APIC (9), MCE (7) and MCA (14) (no
@@ -32,7 +39,12 @@ pub(crate) fn filter(leaf: u32, _subleaf: u32, host: [u32; 4], vcpu_id: u32) -> 
         4 => [eax & 0x3ff, ebx, ecx, edx],
         0xb | 0x1f => [0, 0, 0, vcpu_id],
         // Hypervisor leaves: rvmx's signature, no further leaves.
-        0x4000_0000 => [0x4000_0000, u32::from_le_bytes(*b"rvmx"), u32::from_le_bytes(*b"rvmx"), u32::from_le_bytes(*b"rvmx")],
+        0x4000_0000 => [
+            0x4000_0000,
+            u32::from_le_bytes(*b"rvmx"),
+            u32::from_le_bytes(*b"rvmx"),
+            u32::from_le_bytes(*b"rvmx"),
+        ],
         0x4000_0001..=0x4fff_ffff => [0; 4],
         _ => host,
     }
@@ -56,7 +68,10 @@ mod tests {
     fn hypervisor_signature() {
         let [max, b, c, d] = filter(0x4000_0000, 0, [0; 4], 0);
         assert_eq!(max, 0x4000_0000);
-        let sig: [u8; 12] = [b.to_le_bytes(), c.to_le_bytes(), d.to_le_bytes()].concat().try_into().unwrap();
+        let sig: [u8; 12] = [b.to_le_bytes(), c.to_le_bytes(), d.to_le_bytes()]
+            .concat()
+            .try_into()
+            .unwrap();
         assert_eq!(&sig, b"rvmxrvmxrvmx");
     }
 

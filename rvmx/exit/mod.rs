@@ -5,8 +5,11 @@
 //! resumes the guest, or fills the run area for user space.
 
 pub(crate) mod cpuid;
+pub(crate) mod decode;
 mod io;
+pub(crate) mod mmio;
 mod msr;
+pub(crate) mod pagewalk;
 pub(crate) mod reason;
 
 use crate::{
@@ -19,7 +22,7 @@ use crate::{
     },
 };
 
-use reason::{CrAccess, ExitReason, Reason};
+use reason::{CrAccess, EptViolation, ExitReason, Reason};
 
 /// What the run loop does after an exit.
 pub(crate) enum Action {
@@ -31,6 +34,8 @@ pub(crate) enum Action {
     Nmi,
     /// The run area holds an exit for user space.
     User,
+    /// An MMIO access to emulate once out of the window.
+    Mmio(mmio::Fault),
 }
 
 /// The guest's local APIC base MSR: default address, enabled, BSP.
@@ -47,7 +52,12 @@ const BLOCKING_STI_MOV_SS: u32 = 0b11;
 
 /// Moves RIP past the instruction that exited.
 pub(crate) fn skip_instruction(vmcs: &CurrentVmcs<'_>) {
-    let len = u64::from(vmcs.read(Field32Ro::ExitInstructionLength));
+    advance_rip(vmcs, u64::from(vmcs.read(Field32Ro::ExitInstructionLength)));
+}
+
+/// Moves RIP `len` bytes on, ending STI/MOV SS blocking as executing an
+/// instruction does.
+fn advance_rip(vmcs: &CurrentVmcs<'_>, len: u64) {
     vmcs.write(FieldNat::GuestRip, vmcs.read(FieldNat::GuestRip).wrapping_add(len));
     let intr = vmcs.read(Field32::GuestInterruptibility);
     if intr & BLOCKING_STI_MOV_SS != 0 {
@@ -124,8 +134,23 @@ pub(crate) fn handle(vcpu: &Vcpu, vmcs: &CurrentVmcs<'_>, g: &mut Guest) -> Acti
         ExitReason::Exit(reason) => reason,
     };
     let qual = vmcs.read(FieldNatRo::ExitQualification);
+    // An exit in the middle of delivering an event (an interrupt or
+    // exception through the IDT touched memory that exited): the event is
+    // delivered again at the next entry.
+    let vectoring = vmcs.read(Field32Ro::IdtVectoringInfo);
+    if vectoring & INTR_VALID != 0 {
+        if reason == Reason::EptViolation {
+            // Event delivery through MMIO cannot be emulated.
+            return internal_error(vcpu, vmcs, uapi::RVMX_INTERNAL_ERROR_EMULATION, u64::from(vectoring));
+        }
+        vmcs.write(Field32::EntryInterruptionInfo, vectoring & !(1 << 12));
+        vmcs.write(Field32::EntryExceptionErrorCode, vmcs.read(Field32Ro::IdtVectoringErrorCode));
+        vmcs.write(Field32::EntryInstructionLength, vmcs.read(Field32Ro::ExitInstructionLength));
+    }
     match reason {
-        Reason::ExternalInterrupt => Action::Host,
+        // The timer bounds a stay in the guest: leave the window so pending
+        // host interrupts, signals and reschedules are seen.
+        Reason::ExternalInterrupt | Reason::PreemptionTimer => Action::Host,
         Reason::ExceptionOrNmi => {
             let info = vmcs.read(Field32Ro::ExitInterruptionInfo);
             if (info >> 8) & 7 == INTR_TYPE_NMI {
@@ -185,7 +210,15 @@ pub(crate) fn handle(vcpu: &Vcpu, vmcs: &CurrentVmcs<'_>, g: &mut Guest) -> Acti
         Reason::Rdmsr => msr::rdmsr(vcpu, vmcs, g),
         Reason::Wrmsr => msr::wrmsr(vcpu, vmcs, g),
         Reason::Xsetbv => xsetbv(vmcs, g),
-        Reason::EptViolation | Reason::EptMisconfig | Reason::Other(_) => {
+        Reason::EptViolation => {
+            let v = EptViolation::decode(qual);
+            if v.fetch {
+                // Executing from MMIO is beyond emulation.
+                return internal_error(vcpu, vmcs, uapi::RVMX_INTERNAL_ERROR_EMULATION, u64::from(raw));
+            }
+            Action::Mmio(mmio::Fault::capture(vmcs, v))
+        }
+        Reason::EptMisconfig | Reason::Other(_) => {
             internal_error(vcpu, vmcs, uapi::RVMX_INTERNAL_ERROR_UNHANDLED_EXIT, u64::from(raw))
         }
     }
@@ -247,16 +280,7 @@ pub(crate) fn complete_pending(vcpu: &Vcpu, g: &mut Guest) {
     match core::mem::take(&mut g.pending) {
         Pending::None => {}
         Pending::PortIn { size } => io::complete_in(vcpu, g, size),
-        Pending::MmioRead { len, reg } => {
-            let mmio: uapi::rvmx_exit_mmio = vcpu.run.exit_details();
-            let mut bytes = [0u8; 8];
-            for (dst, src) in bytes.iter_mut().zip(mmio.data).take(usize::from(len)) {
-                *dst = src;
-            }
-            // Loads of 1 and 2 bytes zero-extend into the whole register
-            // for MOVZX; MOV r8/r16 would merge, which the decoder avoids.
-            g.regs.gpr[usize::from(reg & 0xf)] = u64::from_le_bytes(bytes);
-        }
+        Pending::MmioRead { size, dest, dest_bytes } => mmio::complete_load(vcpu, g, size, dest, dest_bytes),
         Pending::Hypercall => {
             let call: uapi::rvmx_exit_hypercall = vcpu.run.exit_details();
             g.regs.gpr[RAX] = call.ret;

@@ -28,6 +28,7 @@ pub(crate) enum Reason {
     Monitor,
     EptViolation,
     EptMisconfig,
+    PreemptionTimer,
     Wbinvd,
     Xsetbv,
     /// Any other basic reason, with its number.
@@ -54,6 +55,7 @@ impl Reason {
             39 => Self::Monitor,
             48 => Self::EptViolation,
             49 => Self::EptMisconfig,
+            52 => Self::PreemptionTimer,
             54 => Self::Wbinvd,
             55 => Self::Xsetbv,
             other => Self::Other(other),
@@ -110,9 +112,15 @@ impl IoAccess {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum CrAccess {
     /// MOV to CR`cr` from general-purpose register `gpr`.
-    MovTo { cr: u8, gpr: u8 },
+    MovTo {
+        cr: u8,
+        gpr: u8,
+    },
     /// MOV from CR`cr` to general-purpose register `gpr`.
-    MovFrom { cr: u8, gpr: u8 },
+    MovFrom {
+        cr: u8,
+        gpr: u8,
+    },
     Clts,
     /// LMSW with its 16-bit source operand.
     Lmsw(u16),
@@ -160,9 +168,18 @@ mod tests {
     #[test]
     fn decodes_reasons_and_entry_failures() {
         assert_eq!(ExitReason::decode(30), ExitReason::Exit(Reason::Io));
-        assert_eq!(ExitReason::decode(48), ExitReason::Exit(Reason::EptViolation));
-        assert_eq!(ExitReason::decode(0x8000_0021), ExitReason::EntryFailure(33));
-        assert_eq!(ExitReason::decode(21), ExitReason::Exit(Reason::VmxInstruction));
+        assert_eq!(
+            ExitReason::decode(48),
+            ExitReason::Exit(Reason::EptViolation)
+        );
+        assert_eq!(
+            ExitReason::decode(0x8000_0021),
+            ExitReason::EntryFailure(33)
+        );
+        assert_eq!(
+            ExitReason::decode(21),
+            ExitReason::Exit(Reason::VmxInstruction)
+        );
         assert_eq!(ExitReason::decode(62), ExitReason::Exit(Reason::Other(62)));
     }
 
@@ -171,19 +188,34 @@ mod tests {
         // out dx, al to port 0x3f8
         assert_eq!(
             IoAccess::decode(0x03f8_0000),
-            IoAccess { port: 0x3f8, size: 1, is_in: false, string: false, rep: false }
+            IoAccess {
+                port: 0x3f8,
+                size: 1,
+                is_in: false,
+                string: false,
+                rep: false
+            }
         );
         // rep insw from port 0x1f0
         assert_eq!(
             IoAccess::decode(0x01f0_0039),
-            IoAccess { port: 0x1f0, size: 2, is_in: true, string: true, rep: true }
+            IoAccess {
+                port: 0x1f0,
+                size: 2,
+                is_in: true,
+                string: true,
+                rep: true
+            }
         );
     }
 
     #[test]
     fn decodes_cr_access() {
         assert_eq!(CrAccess::decode(0x0300), CrAccess::MovTo { cr: 0, gpr: 3 });
-        assert_eq!(CrAccess::decode(0x0514), CrAccess::MovFrom { cr: 4, gpr: 5 });
+        assert_eq!(
+            CrAccess::decode(0x0514),
+            CrAccess::MovFrom { cr: 4, gpr: 5 }
+        );
         assert_eq!(CrAccess::decode(0x20), CrAccess::Clts);
         assert_eq!(CrAccess::decode(0x0011_0030), CrAccess::Lmsw(0x11));
     }

@@ -9,5 +9,26 @@
 #[path = "../vmx"]
 mod vmx {
     pub(crate) mod caps;
+    pub(crate) mod controls;
     pub(crate) mod msr;
+    pub(crate) mod segment;
+    pub(crate) mod vmcs;
+}
+
+#[path = "../ept"]
+mod ept {
+    pub(crate) mod entry;
+}
+
+#[path = "../mem"]
+mod mem {
+    pub(crate) mod rules;
+}
+
+#[path = "../exit"]
+mod exit {
+    pub(crate) mod cpuid;
+    pub(crate) mod decode;
+    pub(crate) mod pagewalk;
+    pub(crate) mod reason;
 }

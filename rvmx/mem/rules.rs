@@ -91,41 +91,71 @@ mod tests {
     use super::*;
 
     fn region(slot: u32, gpa: u64, size: u64) -> Region {
-        Region { slot, flags: 0, gpa, size, uaddr: 0x7f00_0000_0000 + gpa }
+        Region {
+            slot,
+            flags: 0,
+            gpa,
+            size,
+            uaddr: 0x7f00_0000_0000_u64.wrapping_add(gpa),
+        }
     }
 
     #[test]
     fn creates_deletes_and_changes_flags() {
         let slots = [region(0, 0, 0x10_0000)];
-        assert_eq!(check(&region(1, 0x10_0000, 0x1000), &slots), Ok(Change::Create));
+        assert_eq!(
+            check(&region(1, 0x10_0000, 0x1000), &slots),
+            Ok(Change::Create)
+        );
         assert_eq!(check(&region(0, 0, 0), &slots), Ok(Change::Delete));
-        let ro = Region { flags: VALID_FLAGS, ..slots[0] };
+        let ro = Region {
+            flags: VALID_FLAGS,
+            ..slots[0]
+        };
         assert_eq!(check(&ro, &slots), Ok(Change::SetFlags));
     }
 
     #[test]
     fn refuses_overlap_with_eexist() {
         let slots = [region(0, 0x1000, 0x3000)];
-        assert_eq!(check(&region(1, 0x3000, 0x1000), &slots), Err(Refusal::Overlap));
+        assert_eq!(
+            check(&region(1, 0x3000, 0x1000), &slots),
+            Err(Refusal::Overlap)
+        );
         assert_eq!(check(&region(1, 0, 0x2000), &slots), Err(Refusal::Overlap));
         assert_eq!(check(&region(1, 0, 0x1000), &slots), Ok(Change::Create));
-        assert_eq!(check(&region(1, 0x4000, 0x1000), &slots), Ok(Change::Create));
+        assert_eq!(
+            check(&region(1, 0x4000, 0x1000), &slots),
+            Ok(Change::Create)
+        );
     }
 
     #[test]
     fn refuses_bad_requests_with_einval() {
         let slots = [region(0, 0, 0x1000)];
         let bad = [
-            Region { flags: 1, ..region(1, 0x1000, 0x1000) },
+            Region {
+                flags: 1,
+                ..region(1, 0x1000, 0x1000)
+            },
             region(MAX_SLOTS, 0x1000, 0x1000),
             region(1, 0x1001, 0x1000),
             region(1, 0x1000, 0x1800),
-            Region { uaddr: 0x1234, ..region(1, 0x1000, 0x1000) },
+            Region {
+                uaddr: 0x1234,
+                ..region(1, 0x1000, 0x1000)
+            },
             region(1, u64::MAX & !0xfff, 0x2000),
             region(1, MAX_GPA - 0x1000, 0x2000),
             region(1, 0x1000, MAX_SLOT_SIZE + 0x1000),
-            Region { uaddr: USER_END - 0x1000, ..region(1, 0x1000, 0x2000) },
-            Region { uaddr: u64::MAX & !0xfff, ..region(1, 0x1000, 0x2000) },
+            Region {
+                uaddr: USER_END - 0x1000,
+                ..region(1, 0x1000, 0x2000)
+            },
+            Region {
+                uaddr: u64::MAX & !0xfff,
+                ..region(1, 0x1000, 0x2000)
+            },
             region(5, 0, 0),
             region(0, 0x2000, 0x1000),
             region(0, 0, 0x2000),

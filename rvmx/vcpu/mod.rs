@@ -29,7 +29,11 @@ use kernel::{
 
 use crate::{
     anon_file::AnonFile,
-    exit::{self, Action},
+    exit::{
+        self,
+        mmio::{self, Emulated},
+        Action,
+    },
     ioctl,
     irq::{self, IrqsOff},
     phys::PageBuf,
@@ -39,7 +43,7 @@ use crate::{
         current::CurrentVmcs,
         instr,
         root::{RootError, RootWindow},
-        vmcs::Field32Ro,
+        vmcs::{Field32, Field32Ro},
     },
 };
 
@@ -72,9 +76,9 @@ pub(crate) enum Pending {
     None,
     /// IN: the VMM put `size` bytes at the data offset; they go to RAX.
     PortIn { size: u8 },
-    /// MMIO read: the VMM put `len` bytes in `mmio.data`; they go to GPR
-    /// `reg`, zero-extended.
-    MmioRead { len: u8, reg: u8 },
+    /// MMIO read: the VMM put `size` bytes in `mmio.data`; they go to
+    /// `dest` as the instruction says.
+    MmioRead { size: u8, dest: crate::exit::decode::Reg, dest_bytes: u8 },
     /// VMCALL: the VMM's `hypercall.ret` goes to RAX.
     Hypercall,
 }
@@ -90,6 +94,8 @@ pub(crate) struct Guest {
     pub(crate) dr: [u64; 8],
     pub(crate) fpu: GuestFpu,
     pub(crate) pending: Pending,
+    /// Bytes RIP moves on at the next entry, past an emulated instruction.
+    pub(crate) rip_advance: u64,
     pub(crate) mtrr_def_type: u64,
 }
 
@@ -119,6 +125,8 @@ enum Left {
     Again,
     /// The exit is in the run area for user space.
     ToUser,
+    /// An MMIO access to emulate, with interrupts on.
+    Mmio(mmio::Fault),
 }
 
 impl Vcpu {
@@ -148,6 +156,7 @@ impl Vcpu {
             dr: [0, 0, 0, 0, 0, 0, 0xffff_0ff0, 0x400],
             fpu,
             pending: Pending::None,
+            rip_advance: 0,
             mtrr_def_type: 0,
         };
         let state = State { vmcs, initialized: false, last_cpu: None, ept_generation: 0, guest };
@@ -197,6 +206,10 @@ impl Vcpu {
             match self.enter(&mut st)? {
                 Left::Again => continue,
                 Left::ToUser => return Ok(0),
+                Left::Mmio(fault) => match mmio::emulate(self, &mut st.guest, &fault) {
+                    Emulated::Retry => continue,
+                    Emulated::ToUser => return Ok(0),
+                },
             }
         }
     }
@@ -212,6 +225,10 @@ impl Vcpu {
         if !st.initialized {
             reset::program(self, &vmcs);
             st.initialized = true;
+        }
+        mmio::advance_rip(&vmcs, guest);
+        if self.vm.controls.uses_preemption_timer() {
+            vmcs.write(Field32::PreemptionTimerValue, self.vm.host.preemption_ticks);
         }
         let host = SavedHost::save_and_program(&vmcs);
 
@@ -255,6 +272,7 @@ impl Vcpu {
                     break Left::Again;
                 }
                 Action::User => break Left::ToUser,
+                Action::Mmio(fault) => break Left::Mmio(fault),
             }
         };
         guest.fpu.save(host_xcr0);

@@ -62,6 +62,7 @@ pub(super) fn set_regs(vmcs: &CurrentVmcs<'_>, g: &mut Guest, v: &rvmx_regs) {
     vmcs.write(FieldNat::GuestRflags, fix_rflags(v.rflags));
     // New registers replace whatever an exit left to complete.
     g.pending = super::Pending::None;
+    g.rip_advance = 0;
 }
 
 fn get_segment(vmcs: &CurrentVmcs<'_>, seg: Seg) -> rvmx_segment {

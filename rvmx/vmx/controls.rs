@@ -8,10 +8,13 @@
 //! it uses when the CPU offers them, and the bits the CPU forces to 1.
 //! Pure logic: also compiled into the host unit tests.
 
-use super::caps::{VmxCaps, PROC2_ENABLE_EPT, PROC2_ENABLE_VPID, PROC2_UNRESTRICTED_GUEST, PROC_ACTIVATE_SECONDARY};
+use super::caps::{
+    VmxCaps, PROC2_ENABLE_EPT, PROC2_ENABLE_VPID, PROC2_UNRESTRICTED_GUEST, PROC_ACTIVATE_SECONDARY,
+};
 
 pub(crate) const PIN_EXTERNAL_INTERRUPT_EXITING: u32 = 1 << 0;
 pub(crate) const PIN_NMI_EXITING: u32 = 1 << 3;
+pub(crate) const PIN_PREEMPTION_TIMER: u32 = 1 << 6;
 
 pub(crate) const PROC_HLT_EXITING: u32 = 1 << 7;
 pub(crate) const PROC_MWAIT_EXITING: u32 = 1 << 10;
@@ -59,7 +62,10 @@ pub(crate) fn adjust(
     let (must_be_1, may_be_1) = (cap as u32, (cap >> 32) as u32);
     let missing = required & !may_be_1;
     if missing != 0 {
-        return Err(Unsupported { word, bits: missing });
+        return Err(Unsupported {
+            word,
+            bits: missing,
+        });
     }
     let stuck = must_clear & must_be_1;
     if stuck != 0 {
@@ -81,13 +87,17 @@ pub(crate) struct Controls {
 
 impl Controls {
     pub(crate) fn new(caps: &VmxCaps) -> Result<Self, Unsupported> {
-        let vpid = if caps.has_vpid() { PROC2_ENABLE_VPID } else { 0 };
+        let vpid = if caps.has_vpid() {
+            PROC2_ENABLE_VPID
+        } else {
+            0
+        };
         Ok(Self {
             pin: adjust(
                 "pin-based",
                 caps.pinbased,
                 PIN_EXTERNAL_INTERRUPT_EXITING | PIN_NMI_EXITING,
-                0,
+                PIN_PREEMPTION_TIMER,
                 0,
             )?,
             proc: adjust(
@@ -126,6 +136,11 @@ impl Controls {
         })
     }
 
+    /// Whether the VMX-preemption timer bounds each stay in the guest.
+    pub(crate) fn uses_preemption_timer(&self) -> bool {
+        self.pin & PIN_PREEMPTION_TIMER != 0
+    }
+
     pub(crate) fn uses_vpid(&self) -> bool {
         self.proc2 & PROC2_ENABLE_VPID != 0
     }
@@ -145,13 +160,25 @@ mod tests {
     #[test]
     fn adjust_names_missing_required_bits() {
         let cap = 0x0000_00ff_0000_0000;
-        assert_eq!(adjust("w", cap, 0x300, 0, 0), Err(Unsupported { word: "w", bits: 0x300 }));
+        assert_eq!(
+            adjust("w", cap, 0x300, 0, 0),
+            Err(Unsupported {
+                word: "w",
+                bits: 0x300
+            })
+        );
     }
 
     #[test]
     fn adjust_refuses_bits_it_cannot_clear() {
         let cap = 0x0000_ffff_0000_8000;
-        assert_eq!(adjust("w", cap, 0, 0, 0x8000), Err(Unsupported { word: "w", bits: 0x8000 }));
+        assert_eq!(
+            adjust("w", cap, 0, 0, 0x8000),
+            Err(Unsupported {
+                word: "w",
+                bits: 0x8000
+            })
+        );
         assert_eq!(adjust("w", 0x0000_ffff_0000_0000, 0, 0x8000, 0x8000), Ok(0));
     }
 
@@ -167,7 +194,11 @@ mod tests {
             ..VmxCaps::default()
         };
         let c = Controls::new(&caps).expect("Bochs offers everything rvmx needs");
-        assert_eq!(c.pin & (PIN_EXTERNAL_INTERRUPT_EXITING | PIN_NMI_EXITING), 0x9);
+        assert_eq!(
+            c.pin & (PIN_EXTERNAL_INTERRUPT_EXITING | PIN_NMI_EXITING),
+            0x9
+        );
+        assert!(c.uses_preemption_timer());
         assert_eq!(c.proc & PROC_MUST_CLEAR, 0);
         assert_ne!(c.proc & PROC_ACTIVATE_SECONDARY, 0);
         assert!(c.uses_vpid());

@@ -59,27 +59,49 @@ mod tests {
 
     #[test]
     fn long_mode_code_segment() {
-        let cs = Attributes { ty: 0xb, s: 1, present: 1, l: 1, g: 1, ..Default::default() };
+        let cs = Attributes {
+            ty: 0xb,
+            s: 1,
+            present: 1,
+            l: 1,
+            g: 1,
+            ..Default::default()
+        };
         assert_eq!(cs.to_access_rights(), 0xa09b);
         assert_eq!(Attributes::from_access_rights(0xa09b), cs);
     }
 
     #[test]
     fn real_mode_data_segment() {
-        let ds = Attributes { ty: 3, s: 1, present: 1, ..Default::default() };
+        let ds = Attributes {
+            ty: 3,
+            s: 1,
+            present: 1,
+            ..Default::default()
+        };
         assert_eq!(ds.to_access_rights(), 0x93);
     }
 
     #[test]
     fn unusable_is_only_the_unusable_bit() {
-        let ldt = Attributes { ty: 2, present: 1, unusable: 1, ..Default::default() };
+        let ldt = Attributes {
+            ty: 2,
+            present: 1,
+            unusable: 1,
+            ..Default::default()
+        };
         assert_eq!(ldt.to_access_rights(), 1 << 16);
         assert_eq!(Attributes::from_access_rights(1 << 16).unusable, 1);
     }
 
     #[test]
     fn out_of_range_fields_are_masked() {
-        let bad = Attributes { ty: 0xff, dpl: 7, s: 3, ..Default::default() };
+        let bad = Attributes {
+            ty: 0xff,
+            dpl: 7,
+            s: 3,
+            ..Default::default()
+        };
         assert_eq!(bad.to_access_rights(), 0xf | 1 << 4 | 3 << 5);
     }
 }

@@ -119,6 +119,7 @@ fields!(
         GuestInterruptibility = 0x4824,
         GuestActivityState = 0x4826,
         GuestSysenterCs = 0x482a,
+        PreemptionTimerValue = 0x482e,
         HostSysenterCs = 0x4c00,
     }
 );

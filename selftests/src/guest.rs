@@ -17,13 +17,22 @@ impl GuestMem {
     pub fn new(len: usize) -> io::Result<Self> {
         // SAFETY: a fresh private anonymous mapping; checked below.
         let ptr = unsafe {
-            libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ | libc::PROT_WRITE,
-                       libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1, 0)
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
         };
         if ptr == libc::MAP_FAILED {
             return Err(io::Error::last_os_error());
         }
-        Ok(Self { ptr: ptr.cast(), len })
+        Ok(Self {
+            ptr: ptr.cast(),
+            len,
+        })
     }
 
     pub fn addr(&self) -> u64 {
@@ -55,8 +64,20 @@ impl Drop for GuestMem {
     }
 }
 
-pub fn region(slot: u32, gpa: u64, size: u64, uaddr: u64, flags: u32) -> sys::rvmx_userspace_memory_region {
-    sys::rvmx_userspace_memory_region { slot, flags, guest_phys_addr: gpa, memory_size: size, userspace_addr: uaddr }
+pub fn region(
+    slot: u32,
+    gpa: u64,
+    size: u64,
+    uaddr: u64,
+    flags: u32,
+) -> sys::rvmx_userspace_memory_region {
+    sys::rvmx_userspace_memory_region {
+        slot,
+        flags,
+        guest_phys_addr: gpa,
+        memory_size: size,
+        userspace_addr: uaddr,
+    }
 }
 
 /// A VM with `mem` at guest-physical 0 (slot 0) and vCPU 0.
@@ -111,13 +132,38 @@ impl TestVm {
         }
         let mut s = t.vcpu.sregs().ctx("GET_SREGS")?;
         let code_seg = sys::rvmx_segment {
-            base: 0, limit: 0xffff_ffff, selector: 0x8, type_: 0xb, present: 1, dpl: 0, db: 0, s: 1, l: 1, g: 1,
-            avl: 0, unusable: 0, padding: 0,
+            base: 0,
+            limit: 0xffff_ffff,
+            selector: 0x8,
+            type_: 0xb,
+            present: 1,
+            dpl: 0,
+            db: 0,
+            s: 1,
+            l: 1,
+            g: 1,
+            avl: 0,
+            unusable: 0,
+            padding: 0,
         };
-        let data_seg = sys::rvmx_segment { selector: 0x10, type_: 0x3, l: 0, db: 1, ..code_seg };
+        let data_seg = sys::rvmx_segment {
+            selector: 0x10,
+            type_: 0x3,
+            l: 0,
+            db: 1,
+            ..code_seg
+        };
         s.cs = code_seg;
         (s.ds, s.es, s.fs, s.gs, s.ss) = (data_seg, data_seg, data_seg, data_seg, data_seg);
-        s.tr = sys::rvmx_segment { selector: 0x18, type_: 0xb, s: 0, l: 0, g: 0, limit: 0x67, ..code_seg };
+        s.tr = sys::rvmx_segment {
+            selector: 0x18,
+            type_: 0xb,
+            s: 0,
+            l: 0,
+            g: 0,
+            limit: 0x67,
+            ..code_seg
+        };
         s.cr3 = pml4;
         s.cr4 = 1 << 5; // PAE
         s.cr0 = 0x8000_0031; // PG, NE, ET, PE
@@ -153,7 +199,9 @@ impl TestVm {
             } else {
                 String::new()
             };
-            return Err(Outcome::Fail(format!("exit {got}{detail} at rip {rip:#x}, want exit {reason}")));
+            return Err(Outcome::Fail(format!(
+                "exit {got}{detail} at rip {rip:#x}, want exit {reason}"
+            )));
         }
         Ok(())
     }

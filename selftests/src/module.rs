@@ -121,3 +121,29 @@ fn kvm_intel_loaded_means_busy(ctx: &Ctx) -> TestResult {
     );
     Ok(())
 }
+
+fn rmmod_refused_while_a_vm_lives(ctx: &Ctx) -> TestResult {
+    let rvmx = Rvmx::open(DEVICE_PATH).ctx("open")?;
+    let vm = rvmx.create_vm().ctx("RVMX_CREATE_VM")?;
+    let vcpu = vm.create_vcpu(0).ctx("RVMX_CREATE_VCPU")?;
+    drop(rvmx);
+    drop(vm);
+    // Only the vCPU fd is left, and it holds the module.
+    match kmod::rmmod("rvmx") {
+        Err(e) if e.raw_os_error() == Some(libc::EWOULDBLOCK) => {}
+        Err(e) => {
+            return Err(Outcome::Fail(format!(
+                "rmmod with a vCPU fd open: {e}, want EWOULDBLOCK"
+            )))
+        }
+        Ok(()) => {
+            let _ = kmod::insmod(&ctx.module);
+            return Err(Outcome::Fail(
+                "rmmod succeeded while a vCPU fd was open".into(),
+            ));
+        }
+    }
+    vcpu.regs().ctx("the vCPU after the refused rmmod")?;
+    drop(vcpu);
+    reload(ctx)
+}

@@ -9,22 +9,79 @@ use crate::ktap::{Context, Outcome, Test, TestResult};
 use crate::{ensure, Ctx};
 
 pub const TESTS: &[Test] = &[
-    Test { name: "vm_and_vcpu_fds", run: vm_and_vcpu_fds },
-    Test { name: "memslot_rules", run: memslot_rules },
-    Test { name: "real_mode_out_hlt", run: real_mode_out_hlt },
-    Test { name: "long_mode_cpuid_vmcall", run: long_mode_cpuid_vmcall },
-    Test { name: "port_in_completes", run: port_in_completes },
-    Test { name: "triple_fault_is_shutdown", run: triple_fault_is_shutdown },
-    Test { name: "bad_guest_state_fails_entry", run: bad_guest_state_fails_entry },
-    Test { name: "immediate_exit_is_eintr", run: immediate_exit_is_eintr },
-    Test { name: "vms_are_isolated", run: vms_are_isolated },
+    Test {
+        name: "vm_and_vcpu_fds",
+        run: vm_and_vcpu_fds,
+    },
+    Test {
+        name: "memslot_rules",
+        run: memslot_rules,
+    },
+    Test {
+        name: "real_mode_out_hlt",
+        run: real_mode_out_hlt,
+    },
+    Test {
+        name: "long_mode_cpuid_vmcall",
+        run: long_mode_cpuid_vmcall,
+    },
+    Test {
+        name: "port_in_completes",
+        run: port_in_completes,
+    },
+    Test {
+        name: "triple_fault_is_shutdown",
+        run: triple_fault_is_shutdown,
+    },
+    Test {
+        name: "bad_guest_state_fails_entry",
+        run: bad_guest_state_fails_entry,
+    },
+    Test {
+        name: "immediate_exit_is_eintr",
+        run: immediate_exit_is_eintr,
+    },
+    Test {
+        name: "vms_are_isolated",
+        run: vms_are_isolated,
+    },
+    Test {
+        name: "mmio_round_trips",
+        run: mmio_round_trips,
+    },
+    Test {
+        name: "readonly_slot_write_is_mmio",
+        run: readonly_slot_write_is_mmio,
+    },
+    Test {
+        name: "signal_interrupts_spinning_guest",
+        run: signal_interrupts_spinning_guest,
+    },
+    Test {
+        name: "fpu_state_is_isolated",
+        run: fpu_state_is_isolated,
+    },
+    Test {
+        name: "vcpu_migrates_between_cpus",
+        run: vcpu_migrates_between_cpus,
+    },
+    Test {
+        name: "close_in_any_order_while_running",
+        run: close_in_any_order_while_running,
+    },
 ];
 
 fn expect_err<T>(r: std::io::Result<T>, want: i32, what: &str) -> TestResult {
     match r {
         Err(e) if e.raw_os_error() == Some(want) => Ok(()),
-        Err(e) => Err(Outcome::Fail(format!("{what}: {e}, want {}", errno_name(want)))),
-        Ok(_) => Err(Outcome::Fail(format!("{what}: succeeded, want {}", errno_name(want)))),
+        Err(e) => Err(Outcome::Fail(format!(
+            "{what}: {e}, want {}",
+            errno_name(want)
+        ))),
+        Ok(_) => Err(Outcome::Fail(format!(
+            "{what}: succeeded, want {}",
+            errno_name(want)
+        ))),
     }
 }
 
@@ -36,7 +93,11 @@ fn vm_and_vcpu_fds(_: &Ctx) -> TestResult {
     ensure!(flags & libc::FD_CLOEXEC != 0, "VM fd without FD_CLOEXEC");
     let v0 = vm.create_vcpu(0).ctx("vCPU 0")?;
     expect_err(vm.create_vcpu(0), libc::EEXIST, "vCPU 0 again")?;
-    expect_err(vm.create_vcpu(sys::RVMX_MAX_VCPUS), libc::EINVAL, "vCPU id beyond the limit")?;
+    expect_err(
+        vm.create_vcpu(sys::RVMX_MAX_VCPUS),
+        libc::EINVAL,
+        "vCPU id beyond the limit",
+    )?;
     let v1 = vm.create_vcpu(1).ctx("vCPU 1")?;
     // Closing the VM fd first leaves the vCPUs working.
     drop(vm);
@@ -52,16 +113,46 @@ fn memslot_rules(_: &Ctx) -> TestResult {
     let mem = GuestMem::new(0x10_0000).ctx("mmap")?;
     let a = mem.addr();
     // SAFETY (all calls): `mem` outlives the VM and is used only by it.
-    let set = |slot, gpa, size, uaddr, flags| unsafe { vm.set_user_memory_region(region(slot, gpa, size, uaddr, flags)) };
+    let set = |slot, gpa, size, uaddr, flags| unsafe {
+        vm.set_user_memory_region(region(slot, gpa, size, uaddr, flags))
+    };
     set(0, 0, 0x8000, a, 0).ctx("slot 0")?;
-    expect_err(set(1, 0x1000, 0x1000, a + 0x8000, 0), libc::EEXIST, "overlapping slot")?;
-    expect_err(set(1, 0x8800, 0x1000, a + 0x8000, 0), libc::EINVAL, "unaligned guest address")?;
-    expect_err(set(1, 0x8000, 0x1800, a + 0x8000, 0), libc::EINVAL, "unaligned size")?;
-    expect_err(set(1, 0x8000, 0x1000, a + 0x8010, 0), libc::EINVAL, "unaligned user address")?;
-    expect_err(set(1, u64::MAX & !0xfff, 0x2000, a, 0), libc::EINVAL, "wrapping guest range")?;
+    expect_err(
+        set(1, 0x1000, 0x1000, a + 0x8000, 0),
+        libc::EEXIST,
+        "overlapping slot",
+    )?;
+    expect_err(
+        set(1, 0x8800, 0x1000, a + 0x8000, 0),
+        libc::EINVAL,
+        "unaligned guest address",
+    )?;
+    expect_err(
+        set(1, 0x8000, 0x1800, a + 0x8000, 0),
+        libc::EINVAL,
+        "unaligned size",
+    )?;
+    expect_err(
+        set(1, 0x8000, 0x1000, a + 0x8010, 0),
+        libc::EINVAL,
+        "unaligned user address",
+    )?;
+    expect_err(
+        set(1, u64::MAX & !0xfff, 0x2000, a, 0),
+        libc::EINVAL,
+        "wrapping guest range",
+    )?;
     expect_err(set(1, 0x8000, 0x1000, a, 1), libc::EINVAL, "unknown flag")?;
-    expect_err(set(sys::RVMX_MAX_MEM_SLOTS, 0x8000, 0x1000, a, 0), libc::EINVAL, "slot number")?;
-    expect_err(set(1, 0x8000, 0x1000, 0x1000, 0), libc::EFAULT, "unmapped user memory")?;
+    expect_err(
+        set(sys::RVMX_MAX_MEM_SLOTS, 0x8000, 0x1000, a, 0),
+        libc::EINVAL,
+        "slot number",
+    )?;
+    expect_err(
+        set(1, 0x8000, 0x1000, 0x1000, 0),
+        libc::EFAULT,
+        "unmapped user memory",
+    )?;
     expect_err(set(0, 0x1000, 0x8000, a, 0), libc::EINVAL, "moving a slot")?;
     set(0, 0, 0x8000, a, sys::RVMX_MEM_READONLY).ctx("making slot 0 read-only")?;
     set(0, 0, 0x8000, a, 0).ctx("making slot 0 writable again")?;
@@ -74,18 +165,35 @@ fn memslot_rules(_: &Ctx) -> TestResult {
 
 fn real_mode_out_hlt(_: &Ctx) -> TestResult {
     // mov al, 0x42; out 0x10, al; mov dx, 0x3f8; mov ax, 0x1234; out dx, ax; hlt
-    let code = [0xb0, 0x42, 0xe6, 0x10, 0xba, 0xf8, 0x03, 0xb8, 0x34, 0x12, 0x66, 0xef, 0xf4];
+    let code = [
+        0xb0, 0x42, 0xe6, 0x10, 0xba, 0xf8, 0x03, 0xb8, 0x34, 0x12, 0x66, 0xef, 0xf4,
+    ];
     let mut t = TestVm::real_mode(0x10000, &code)?;
     t.run_expect(sys::RVMX_EXIT_IO)?;
     let io = t.io();
-    ensure!(io.direction == sys::RVMX_EXIT_IO_OUT as u8 && io.port == 0x10 && io.size == 1 && io.count == 1,
-        "first exit: {io:?}");
-    let data = t.vcpu.run_data(io.data_offset, 1).ok_or(Outcome::Fail("data offset out of range".into()))?[0];
+    ensure!(
+        io.direction == sys::RVMX_EXIT_IO_OUT as u8
+            && io.port == 0x10
+            && io.size == 1
+            && io.count == 1,
+        "first exit: {io:?}"
+    );
+    let data = t
+        .vcpu
+        .run_data(io.data_offset, 1)
+        .ok_or(Outcome::Fail("data offset out of range".into()))?[0];
     ensure!(data == 0x42, "OUT data {data:#x}, want 0x42");
     t.run_expect(sys::RVMX_EXIT_IO)?;
     let io = t.io();
-    ensure!(io.port == 0x3f8 && io.size == 4, "second exit (32-bit OUT): {io:?}");
-    let data = t.vcpu.run_data(io.data_offset, 4).unwrap_or_default().to_vec();
+    ensure!(
+        io.port == 0x3f8 && io.size == 4,
+        "second exit (32-bit OUT): {io:?}"
+    );
+    let data = t
+        .vcpu
+        .run_data(io.data_offset, 4)
+        .unwrap_or_default()
+        .to_vec();
     ensure!(data == [0x34, 0x12, 0, 0], "OUT data {data:x?}");
     t.run_expect(sys::RVMX_EXIT_HLT)?;
     let rip = t.vcpu.regs().ctx("GET_REGS")?.rip;
@@ -97,8 +205,8 @@ fn long_mode_cpuid_vmcall(_: &Ctx) -> TestResult {
     // mov eax, 1; cpuid; mov rbx, rcx (ECX of leaf 1); mov rax, 0x1234;
     // mov rcx, 0x5678; vmcall; hlt
     let code = [
-        0xb8, 1, 0, 0, 0, 0x0f, 0xa2, 0x48, 0x89, 0xcb, 0x48, 0xc7, 0xc0, 0x34, 0x12, 0, 0,
-        0x48, 0xc7, 0xc1, 0x78, 0x56, 0, 0, 0x0f, 0x01, 0xc1, 0xf4,
+        0xb8, 1, 0, 0, 0, 0x0f, 0xa2, 0x48, 0x89, 0xcb, 0x48, 0xc7, 0xc0, 0x34, 0x12, 0, 0, 0x48,
+        0xc7, 0xc1, 0x78, 0x56, 0, 0, 0x0f, 0x01, 0xc1, 0xf4,
     ];
     let mut t = TestVm::long_mode(0x20_0000, &code)?;
     t.run_expect(sys::RVMX_EXIT_HYPERCALL)?;
@@ -106,31 +214,57 @@ fn long_mode_cpuid_vmcall(_: &Ctx) -> TestResult {
     let call = unsafe { t.vcpu.run_area().__bindgen_anon_1.hypercall };
     ensure!(call.nr == 0x1234, "hypercall nr {:#x}", call.nr);
     let ecx = call.args[0];
-    ensure!(ecx & (1 << 31) != 0, "CPUID.1:ECX {ecx:#x} lacks the hypervisor bit");
-    ensure!(ecx & (1 << 5) == 0, "CPUID.1:ECX {ecx:#x} shows VMX to the guest");
-    ensure!(call.args[1] == 0x5678, "hypercall arg 1 (RCX) {:#x}", call.args[1]);
+    ensure!(
+        ecx & (1 << 31) != 0,
+        "CPUID.1:ECX {ecx:#x} lacks the hypervisor bit"
+    );
+    ensure!(
+        ecx & (1 << 5) == 0,
+        "CPUID.1:ECX {ecx:#x} shows VMX to the guest"
+    );
+    ensure!(
+        call.args[1] == 0x5678,
+        "hypercall arg 1 (RCX) {:#x}",
+        call.args[1]
+    );
     t.vcpu.run_area().__bindgen_anon_1.hypercall.ret = 0xabcd;
     t.run_expect(sys::RVMX_EXIT_HLT)?;
     let regs = t.vcpu.regs().ctx("GET_REGS")?;
-    ensure!(regs.rax == 0xabcd, "RAX after the hypercall {:#x}, want its ret 0xabcd", regs.rax);
+    ensure!(
+        regs.rax == 0xabcd,
+        "RAX after the hypercall {:#x}, want its ret 0xabcd",
+        regs.rax
+    );
     let sregs = t.vcpu.sregs().ctx("GET_SREGS")?;
-    ensure!(sregs.efer & (1 << 10) != 0, "EFER {:#x} without LMA in long mode", sregs.efer);
+    ensure!(
+        sregs.efer & (1 << 10) != 0,
+        "EFER {:#x} without LMA in long mode",
+        sregs.efer
+    );
     Ok(())
 }
 
 fn port_in_completes(_: &Ctx) -> TestResult {
     // mov eax, 0xffffffff (real mode: 66 b8); in al, 0x60; in ax, dx (dx=0x71); hlt
-    let code = [0x66, 0xb8, 0xff, 0xff, 0xff, 0xff, 0xe4, 0x60, 0xba, 0x71, 0, 0xed, 0xf4];
+    let code = [
+        0x66, 0xb8, 0xff, 0xff, 0xff, 0xff, 0xe4, 0x60, 0xba, 0x71, 0, 0xed, 0xf4,
+    ];
     let mut t = TestVm::real_mode(0x10000, &code)?;
     t.run_expect(sys::RVMX_EXIT_IO)?;
     let io = t.io();
-    ensure!(io.direction == sys::RVMX_EXIT_IO_IN as u8 && io.port == 0x60 && io.size == 1, "{io:?}");
+    ensure!(
+        io.direction == sys::RVMX_EXIT_IO_IN as u8 && io.port == 0x60 && io.size == 1,
+        "{io:?}"
+    );
     if let Some(d) = t.vcpu.run_data(io.data_offset, 1) {
         d[0] = 0x5a;
     }
     t.run_expect(sys::RVMX_EXIT_IO)?;
     let rax = t.vcpu.regs().ctx("GET_REGS")?.rax;
-    ensure!(rax == 0xffff_ff5a, "RAX after IN AL {rax:#x}, want 0xffffff5a (upper bytes kept)");
+    ensure!(
+        rax == 0xffff_ff5a,
+        "RAX after IN AL {rax:#x}, want 0xffffff5a (upper bytes kept)"
+    );
     let io = t.io();
     ensure!(io.port == 0x71 && io.size == 2, "{io:?}");
     if let Some(d) = t.vcpu.run_data(io.data_offset, 2) {
@@ -138,7 +272,10 @@ fn port_in_completes(_: &Ctx) -> TestResult {
     }
     t.run_expect(sys::RVMX_EXIT_HLT)?;
     let rax = t.vcpu.regs().ctx("GET_REGS")?.rax;
-    ensure!(rax == 0xffff_1122, "RAX after IN AX {rax:#x}, want 0xffff1122");
+    ensure!(
+        rax == 0xffff_1122,
+        "RAX after IN AX {rax:#x}, want 0xffff1122"
+    );
     Ok(())
 }
 
@@ -159,8 +296,11 @@ fn bad_guest_state_fails_entry(_: &Ctx) -> TestResult {
     t.run_expect(sys::RVMX_EXIT_FAIL_ENTRY)?;
     // SAFETY: the exit reason says the union holds `fail_entry`.
     let f = unsafe { t.vcpu.run_area().__bindgen_anon_1.fail_entry };
-    ensure!(f.hardware_entry_failure_reason == 33, "entry failure reason {}, want 33 (invalid guest state)",
-        f.hardware_entry_failure_reason);
+    ensure!(
+        f.hardware_entry_failure_reason == 33,
+        "entry failure reason {}, want 33 (invalid guest state)",
+        f.hardware_entry_failure_reason
+    );
     // The host is fine and so is the vCPU once its state is repaired.
     s.cs.db = 0;
     t.vcpu.set_sregs(&s).ctx("SET_SREGS")?;
@@ -172,9 +312,17 @@ fn immediate_exit_is_eintr(_: &Ctx) -> TestResult {
     t.vcpu.run_area().immediate_exit = 1;
     match t.vcpu.run() {
         Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
-        other => return Err(Outcome::Fail(format!("RUN with immediate_exit: {other:?}, want EINTR"))),
+        other => {
+            return Err(Outcome::Fail(format!(
+                "RUN with immediate_exit: {other:?}, want EINTR"
+            )))
+        }
     }
-    ensure!(t.vcpu.run_area().exit_reason == sys::RVMX_EXIT_INTR, "exit reason {}", t.vcpu.run_area().exit_reason);
+    ensure!(
+        t.vcpu.run_area().exit_reason == sys::RVMX_EXIT_INTR,
+        "exit reason {}",
+        t.vcpu.run_area().exit_reason
+    );
     t.vcpu.run_area().immediate_exit = 0;
     t.run_expect(sys::RVMX_EXIT_HLT)
 }
@@ -184,8 +332,10 @@ fn vms_are_isolated(_: &Ctx) -> TestResult {
     // other VM's... which it cannot address: it sees only its own memory.
     // mov rax, [0x3000]; mov [0x3008], rax; mov dword [0x3000], imm; hlt
     let code = |marker: u8| {
-        vec![0x48, 0x8b, 0x04, 0x25, 0, 0x30, 0, 0, 0x48, 0x89, 0x04, 0x25, 8, 0x30, 0, 0,
-             0xc7, 0x04, 0x25, 0, 0x30, 0, 0, marker, 0, 0, 0, 0xf4]
+        vec![
+            0x48, 0x8b, 0x04, 0x25, 0, 0x30, 0, 0, 0x48, 0x89, 0x04, 0x25, 8, 0x30, 0, 0, 0xc7,
+            0x04, 0x25, 0, 0x30, 0, 0, marker, 0, 0, 0, 0xf4,
+        ]
     };
     let mut a = TestVm::long_mode(0x20_0000, &code(0xaa))?;
     let mut b = TestVm::long_mode(0x20_0000, &code(0xbb))?;
@@ -194,8 +344,356 @@ fn vms_are_isolated(_: &Ctx) -> TestResult {
     a.run_expect(sys::RVMX_EXIT_HLT)?;
     b.run_expect(sys::RVMX_EXIT_HLT)?;
     let (a_saw, b_saw) = (a.mem.read_u64(0x3008), b.mem.read_u64(0x3008));
-    ensure!(a_saw == 0x1111 && b_saw == 0x2222, "guests read {a_saw:#x} and {b_saw:#x}, want their own 0x1111/0x2222");
+    ensure!(
+        a_saw == 0x1111 && b_saw == 0x2222,
+        "guests read {a_saw:#x} and {b_saw:#x}, want their own 0x1111/0x2222"
+    );
     let (a_now, b_now) = (a.mem.read_u64(0x3000), b.mem.read_u64(0x3000));
-    ensure!(a_now == 0xaa && b_now == 0xbb, "markers {a_now:#x} {b_now:#x}: a guest wrote the other's memory");
+    ensure!(
+        a_now == 0xaa && b_now == 0xbb,
+        "markers {a_now:#x} {b_now:#x}: a guest wrote the other's memory"
+    );
+    Ok(())
+}
+
+/// Emits `mov rbx, imm64`.
+fn mov_rbx(imm: u64) -> Vec<u8> {
+    let mut v = vec![0x48, 0xbb];
+    v.extend_from_slice(&imm.to_le_bytes());
+    v
+}
+
+fn mmio(t: &mut TestVm) -> sys::rvmx_exit_mmio {
+    // SAFETY: callers check the exit reason first.
+    unsafe { t.vcpu.run_area().__bindgen_anon_1.mmio }
+}
+
+fn expect_mmio(t: &mut TestVm, gpa: u64, len: u32, write: Option<u64>) -> TestResult {
+    t.run_expect(sys::RVMX_EXIT_MMIO)?;
+    let m = mmio(t);
+    ensure!(
+        m.phys_addr == gpa && m.len == len,
+        "MMIO at {:#x} len {}, want {gpa:#x} len {len}",
+        m.phys_addr,
+        m.len
+    );
+    ensure!(
+        (m.is_write != 0) == write.is_some(),
+        "MMIO is_write {}, want {}",
+        m.is_write,
+        write.is_some()
+    );
+    if let Some(value) = write {
+        let got = u64::from_le_bytes(m.data);
+        ensure!(got == value, "MMIO write data {got:#x}, want {value:#x}");
+    }
+    Ok(())
+}
+
+fn mmio_round_trips(_: &Ctx) -> TestResult {
+    const BAR: u64 = 0x1000_0000;
+    let mut code = mov_rbx(BAR);
+    code.extend_from_slice(&[
+        0xc6, 0x03, 0x11, // mov byte [rbx], 0x11
+        0x66, 0xc7, 0x43, 0x02, 0x22, 0x22, // mov word [rbx+2], 0x2222
+        0xc7, 0x43, 0x04, 0x33, 0x33, 0x33, 0x33, // mov dword [rbx+4], 0x33333333
+        0x48, 0xb8, 0x44, 0x44, 0x44, 0x44, 0x44, 0x44, 0x44, 0x44, // mov rax, 0x4444...
+        0x48, 0x89, 0x43, 0x08, // mov [rbx+8], rax
+        0x48, 0xc7, 0xc1, 0xff, 0xff, 0xff, 0xff, // mov rcx, -1
+        0x48, 0xc7, 0xc2, 0xff, 0xff, 0xff, 0xff, // mov rdx, -1
+        0x48, 0xc7, 0xc6, 0xff, 0xff, 0xff, 0xff, // mov rsi, -1
+        0x8a, 0x0b, // mov cl, [rbx]
+        0x66, 0x8b, 0x53, 0x02, // mov dx, [rbx+2]
+        0x8b, 0x73, 0x04, // mov esi, [rbx+4]
+        0x48, 0x8b, 0x7b, 0x08, // mov rdi, [rbx+8]
+        0x44, 0x0f, 0xb6, 0x03, // movzx r8d, byte [rbx]
+        0xf4,
+    ]);
+    let mut t = TestVm::long_mode(0x20_0000, &code)?;
+    expect_mmio(&mut t, BAR, 1, Some(0x11))?;
+    expect_mmio(&mut t, BAR + 2, 2, Some(0x2222))?;
+    expect_mmio(&mut t, BAR + 4, 4, Some(0x3333_3333))?;
+    expect_mmio(&mut t, BAR + 8, 8, Some(0x4444_4444_4444_4444))?;
+    for (gpa, len, value) in [
+        (BAR, 1, 0x55u64),
+        (BAR + 2, 2, 0x6666),
+        (BAR + 4, 4, 0x7777_7777),
+        (BAR + 8, 8, 0x8888_8888_8888_8888),
+        (BAR, 1, 0x99),
+    ] {
+        expect_mmio(&mut t, gpa, len, None)?;
+        t.vcpu.run_area().__bindgen_anon_1.mmio.data = value.to_le_bytes();
+    }
+    t.run_expect(sys::RVMX_EXIT_HLT)?;
+    let r = t.vcpu.regs().ctx("GET_REGS")?;
+    ensure!(
+        r.rcx == 0xffff_ffff_ffff_ff55,
+        "RCX {:#x}: MOV CL must merge",
+        r.rcx
+    );
+    ensure!(
+        r.rdx == 0xffff_ffff_ffff_6666,
+        "RDX {:#x}: MOV DX must merge",
+        r.rdx
+    );
+    ensure!(
+        r.rsi == 0x7777_7777,
+        "RSI {:#x}: MOV ESI must zero-extend",
+        r.rsi
+    );
+    ensure!(r.rdi == 0x8888_8888_8888_8888, "RDI {:#x}", r.rdi);
+    ensure!(r.r8 == 0x99, "R8 {:#x}: MOVZX", r.r8);
+    Ok(())
+}
+
+fn readonly_slot_write_is_mmio(_: &Ctx) -> TestResult {
+    const ROM: u64 = 0x40_0000;
+    // mov rax, [rbx]; inc rax; mov [rbx], rax; hlt
+    let mut code = mov_rbx(ROM);
+    code.extend_from_slice(&[0x48, 0x8b, 0x03, 0x48, 0xff, 0xc0, 0x48, 0x89, 0x03, 0xf4]);
+    let mut t = TestVm::long_mode(0x20_0000, &code)?;
+    let mut rom = GuestMem::new(0x1000).ctx("mmap")?;
+    rom.write_u64(0, 0x1234);
+    // SAFETY: `rom` outlives the VM (dropped after `t` at the end of scope).
+    unsafe {
+        t.vm.set_user_memory_region(region(1, ROM, 0x1000, rom.addr(), sys::RVMX_MEM_READONLY))
+    }
+    .ctx("read-only slot")?;
+    expect_mmio(&mut t, ROM, 8, Some(0x1235))?;
+    t.run_expect(sys::RVMX_EXIT_HLT)?;
+    ensure!(
+        rom.read_u64(0) == 0x1234,
+        "the guest wrote a read-only slot: {:#x}",
+        rom.read_u64(0)
+    );
+    let rax = t.vcpu.regs().ctx("GET_REGS")?.rax;
+    ensure!(
+        rax == 0x1235,
+        "RAX {rax:#x}: the guest did not read the slot"
+    );
+    drop(t);
+    Ok(())
+}
+
+extern "C" fn ignore_signal(_: libc::c_int) {}
+
+/// Installs a handler for SIGUSR1 (without SA_RESTART) so it interrupts
+/// RVMX_RUN instead of killing the process.
+fn catch_sigusr1() {
+    // SAFETY: a plain handler that does nothing; sigaction copies the struct.
+    unsafe {
+        let mut sa: libc::sigaction = std::mem::zeroed();
+        sa.sa_sigaction = ignore_signal as *const () as usize;
+        libc::sigaction(libc::SIGUSR1, &sa, std::ptr::null_mut());
+    }
+}
+
+/// Sends SIGUSR1 to `thread` after `ms` milliseconds, from another thread.
+fn signal_later(thread: libc::pthread_t, ms: u64) -> std::thread::JoinHandle<()> {
+    let thread = thread as usize;
+    std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_millis(ms));
+        // SAFETY: the target thread outlives this (it is joined after).
+        unsafe { libc::pthread_kill(thread as libc::pthread_t, libc::SIGUSR1) };
+    })
+}
+
+fn signal_interrupts_spinning_guest(_: &Ctx) -> TestResult {
+    catch_sigusr1();
+    // jmp $
+    let mut t = TestVm::real_mode(0x10000, &[0xeb, 0xfe])?;
+    // SAFETY: pthread_self has no preconditions.
+    let kicker = signal_later(unsafe { libc::pthread_self() }, 300);
+    let result = t.vcpu.run();
+    let _ = kicker.join();
+    match result {
+        Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
+        other => {
+            return Err(Outcome::Fail(format!(
+                "RUN of a spinning guest after a signal: {other:?}, want EINTR"
+            )))
+        }
+    }
+    ensure!(
+        t.vcpu.run_area().exit_reason == sys::RVMX_EXIT_INTR,
+        "exit reason {}",
+        t.vcpu.run_area().exit_reason
+    );
+    let rip = t.vcpu.regs().ctx("GET_REGS")?.rip;
+    ensure!(rip == CODE, "RIP {rip:#x}: the guest left its loop");
+    Ok(())
+}
+
+fn fpu_state_is_isolated(_: &Ctx) -> TestResult {
+    // Guest: xmm0 = 0x1111 (movq xmm0, rax), exit with OUT, then on return
+    // check xmm0 still holds it and report via the next OUT's data.
+    let code = [
+        0x48, 0xc7, 0xc0, 0x11, 0x11, 0, 0, // mov rax, 0x1111
+        0x66, 0x48, 0x0f, 0x6e, 0xc0, // movq xmm0, rax
+        0xe6, 0x10, // out 0x10, al
+        0x66, 0x48, 0x0f, 0x7e, 0xc0, // movq rax, xmm0
+        0xe7, 0x11, // out 0x11, eax
+        0xf4,
+    ];
+    let mut t = TestVm::long_mode(0x20_0000, &code)?;
+    let mut s = t.vcpu.sregs().ctx("GET_SREGS")?;
+    s.cr4 |= (1 << 9) | (1 << 10); // OSFXSR, OSXMMEXCPT
+    t.vcpu.set_sregs(&s).ctx("SET_SREGS")?;
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&t.vcpu);
+    let host_xmm: u64 = 0x5a5a_0000_7777;
+    let (ret, xmm0_after, xmm15_after): (i64, u64, u64);
+    // SAFETY: a raw ioctl(fd, RVMX_RUN) system call; the asm declares
+    // every register the syscall or the moves clobber.
+    unsafe {
+        std::arch::asm!(
+            "movq xmm0, {v}",
+            "movq xmm15, {v}",
+            "syscall",
+            "movq {a}, xmm0",
+            "movq {b}, xmm15",
+            v = in(reg) host_xmm,
+            a = out(reg) xmm0_after,
+            b = out(reg) xmm15_after,
+            inlateout("rax") libc::SYS_ioctl => ret,
+            in("rdi") fd,
+            in("rsi") sys::RVMX_RUN as u64,
+            in("rdx") 0u64,
+            out("rcx") _, out("r11") _, out("xmm0") _, out("xmm15") _,
+        );
+    }
+    ensure!(ret == 0, "RVMX_RUN returned {ret}");
+    ensure!(xmm0_after == host_xmm && xmm15_after == host_xmm,
+        "the VMM's xmm0/xmm15 changed across RVMX_RUN: {xmm0_after:#x}/{xmm15_after:#x}, want {host_xmm:#x}");
+    let io = t.io();
+    ensure!(io.port == 0x10, "first exit {io:?}");
+    // The VMM now uses vector registers freely (this formatting and copying
+    // does), then resumes the guest, whose xmm0 must be intact.
+    let noise: Vec<String> = (0..64).map(|i| format!("{i:08}")).collect();
+    ensure!(noise.len() == 64, "noise");
+    t.run_expect(sys::RVMX_EXIT_IO)?;
+    let io = t.io();
+    let data = t
+        .vcpu
+        .run_data(io.data_offset, 4)
+        .unwrap_or_default()
+        .to_vec();
+    ensure!(
+        io.port == 0x11 && data == [0x11, 0x11, 0, 0],
+        "guest xmm0 after an exit to the VMM: {data:x?}"
+    );
+    Ok(())
+}
+
+fn set_cpu(cpu: usize) -> std::io::Result<()> {
+    // SAFETY: a zeroed cpu_set_t is valid; CPU_SET writes within it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+fn vcpu_migrates_between_cpus(_: &Ctx) -> TestResult {
+    // SAFETY: sysconf has no preconditions.
+    if unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) } < 2 {
+        return Err(Outcome::Skip(
+            "needs 2 online CPUs (scripts/lab run --cpus 2)".into(),
+        ));
+    }
+    // loop: inc rbx; mov eax, ebx; out 0x10, eax; jmp loop
+    let mut t = TestVm::long_mode(
+        0x20_0000,
+        &[0x48, 0xff, 0xc3, 0x89, 0xd8, 0xe7, 0x10, 0xeb, 0xf7],
+    )?;
+    let result = (|| {
+        for i in 1..=40u32 {
+            set_cpu((i % 2) as usize).ctx("sched_setaffinity")?;
+            t.run_expect(sys::RVMX_EXIT_IO)?;
+            let io = t.io();
+            let data = t
+                .vcpu
+                .run_data(io.data_offset, 4)
+                .unwrap_or_default()
+                .to_vec();
+            ensure!(
+                data == i.to_le_bytes(),
+                "exit {i} on CPU {}: the guest counted {data:x?}",
+                i % 2
+            );
+        }
+        Ok(())
+    })();
+    // SAFETY: sysconf has no preconditions.
+    let all =
+        (0..unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) } as usize).try_for_each(|c| {
+            // Restore the full affinity: allow every CPU again.
+            // SAFETY: as in `set_cpu`.
+            unsafe {
+                let mut set: libc::cpu_set_t = std::mem::zeroed();
+                for cpu in 0..=c {
+                    libc::CPU_SET(cpu, &mut set);
+                }
+                (libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) == 0)
+                    .then_some(())
+            }
+            .ok_or(())
+        });
+    ensure!(all.is_ok(), "restoring the CPU affinity failed");
+    result
+}
+
+fn close_in_any_order_while_running(_: &Ctx) -> TestResult {
+    catch_sigusr1();
+    // Three orders: VM fd first, vCPU fd first, /dev/rvmx first; each while
+    // another thread has the vCPU in the guest (spinning).
+    for order in 0..3 {
+        let rvmx = Rvmx::open(DEVICE_PATH).ctx("open")?;
+        let vm = rvmx.create_vm().ctx("RVMX_CREATE_VM")?;
+        let mut mem = GuestMem::new(0x10000).ctx("mmap")?;
+        mem.write(CODE as usize, &[0xeb, 0xfe]);
+        // SAFETY: `mem` outlives the thread below (joined before it drops).
+        unsafe { vm.set_user_memory_region(region(0, 0, 0x10000, mem.addr(), 0)) }.ctx("slot")?;
+        let mut vcpu = vm.create_vcpu(0).ctx("vCPU")?;
+        let mut s = vcpu.sregs().ctx("GET_SREGS")?;
+        (s.cs.selector, s.cs.base) = (0, 0);
+        vcpu.set_sregs(&s).ctx("SET_SREGS")?;
+        let mut r = vcpu.regs().ctx("GET_REGS")?;
+        r.rip = CODE;
+        vcpu.set_regs(&r).ctx("SET_REGS")?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        let runner = std::thread::spawn(move || {
+            // SAFETY: pthread_self has no preconditions.
+            let _ = tx.send(unsafe { libc::pthread_self() } as usize);
+            let result = vcpu.run();
+            drop(vcpu);
+            result
+        });
+        let thread = rx
+            .recv()
+            .map_err(|_| Outcome::Fail("runner thread died".into()))?;
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        match order {
+            0 => drop(vm),
+            1 => drop(rvmx),
+            _ => {}
+        }
+        let kicker = signal_later(thread as libc::pthread_t, 100);
+        let result = runner
+            .join()
+            .map_err(|_| Outcome::Fail("runner panicked".into()))?;
+        let _ = kicker.join();
+        match result {
+            Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
+            other => {
+                return Err(Outcome::Fail(format!(
+                    "order {order}: RUN ended with {other:?}, want EINTR"
+                )))
+            }
+        }
+        drop(mem);
+    }
     Ok(())
 }

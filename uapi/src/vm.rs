@@ -47,7 +47,10 @@ impl crate::Rvmx {
         let mmap_size = ioctl_val(self, sys::RVMX_GET_VCPU_MMAP_SIZE, 0)? as usize;
         let fd = ioctl_val(self, sys::RVMX_CREATE_VM, 0)?;
         // SAFETY: the kernel just returned this new fd to us.
-        Ok(VmFd { fd: unsafe { OwnedFd::from_raw_fd(fd) }, mmap_size })
+        Ok(VmFd {
+            fd: unsafe { OwnedFd::from_raw_fd(fd) },
+            mmap_size,
+        })
     }
 }
 
@@ -59,7 +62,10 @@ impl VmFd {
     /// `[userspace_addr, +memory_size)` must stay mapped and must not be
     /// used for anything else while the slot exists: the guest reads and
     /// writes it.
-    pub unsafe fn set_user_memory_region(&self, mut region: sys::rvmx_userspace_memory_region) -> io::Result<()> {
+    pub unsafe fn set_user_memory_region(
+        &self,
+        mut region: sys::rvmx_userspace_memory_region,
+    ) -> io::Result<()> {
         ioctl_with(self, sys::RVMX_SET_USER_MEMORY_REGION, &mut region).map(drop)
     }
 
@@ -71,14 +77,24 @@ impl VmFd {
         // SAFETY: a shared mapping of the vCPU fd at offset 0, of the size
         // the kernel reported; checked for failure below.
         let run = unsafe {
-            libc::mmap(std::ptr::null_mut(), self.mmap_size, libc::PROT_READ | libc::PROT_WRITE,
-                       libc::MAP_SHARED, fd.as_raw_fd(), 0)
+            libc::mmap(
+                std::ptr::null_mut(),
+                self.mmap_size,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd.as_raw_fd(),
+                0,
+            )
         };
         if run == libc::MAP_FAILED {
             return Err(io::Error::last_os_error());
         }
         let run = NonNull::new(run.cast()).ok_or_else(|| io::Error::other("mmap returned NULL"))?;
-        Ok(VcpuFd { fd, run, run_len: self.mmap_size })
+        Ok(VcpuFd {
+            fd,
+            run,
+            run_len: self.mmap_size,
+        })
     }
 }
 
@@ -126,7 +142,9 @@ impl VcpuFd {
             return None;
         }
         // SAFETY: bounds checked above against the mapping's length.
-        Some(unsafe { std::slice::from_raw_parts_mut(self.run.as_ptr().cast::<u8>().add(offset), len) })
+        Some(unsafe {
+            std::slice::from_raw_parts_mut(self.run.as_ptr().cast::<u8>().add(offset), len)
+        })
     }
 }
 

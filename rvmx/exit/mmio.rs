@@ -1,0 +1,188 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! MMIO: a guest access to a guest-physical address outside every slot, or
+//! a write to a read-only slot, becomes an `RVMX_EXIT_MMIO` for user space.
+//!
+//! The EPT violation only gives the address, so rvmx fetches the faulting
+//! instruction from guest memory and decodes it (`decode`). Fetching reads
+//! user memory and takes the VM's memory lock, neither of which may happen
+//! with interrupts off, so the exit captures what it needs from the VMCS
+//! (`Fault`) and the rest runs after the window is left.
+
+use kernel::{prelude::*, uaccess::UserSlice};
+
+use crate::{
+    uapi,
+    vcpu::{self, regs::RSP, Guest, Pending, Vcpu},
+    vmx::{
+        current::CurrentVmcs,
+        segment::Attributes,
+        vmcs::{Field64, Field64Ro, FieldNat, Seg},
+    },
+};
+
+use super::{
+    decode::{self, CodeMode, MmioInsn, Op, Reg},
+    pagewalk::{self, Paging},
+    reason::EptViolation,
+};
+
+/// What emulation needs from the VMCS, taken at the exit.
+pub(crate) struct Fault {
+    gpa: u64,
+    write: bool,
+    rip: u64,
+    rsp: u64,
+    cs_base: u64,
+    mode: CodeMode,
+    paging: Paging,
+}
+
+impl Fault {
+    pub(super) fn capture(vmcs: &CurrentVmcs<'_>, v: EptViolation) -> Self {
+        let cs = Attributes::from_access_rights(vmcs.read(Seg::Cs.access_rights()));
+        let efer = vmcs.read(Field64::GuestIa32Efer);
+        let mode = if efer & vcpu::EFER_LMA != 0 && cs.l != 0 {
+            CodeMode::Bits64
+        } else if cs.db != 0 {
+            CodeMode::Bits32
+        } else {
+            CodeMode::Bits16
+        };
+        Self {
+            gpa: vmcs.read(Field64Ro::GuestPhysicalAddress),
+            write: v.write,
+            rip: vmcs.read(FieldNat::GuestRip),
+            rsp: vmcs.read(FieldNat::GuestRsp),
+            cs_base: vmcs.read(Seg::Cs.base()),
+            mode,
+            paging: Paging {
+                cr0: vcpu::guest_cr0(vmcs),
+                cr3: vmcs.read(FieldNat::GuestCr3),
+                cr4: vmcs.read(FieldNat::GuestCr4),
+                efer,
+            },
+        }
+    }
+}
+
+/// What the run loop does once emulation ran.
+pub(crate) enum Emulated {
+    /// The run area holds the MMIO exit (or an emulation failure).
+    ToUser,
+    /// The address is guest memory after all (a slot was added since the
+    /// exit): enter the guest again to retry the access.
+    Retry,
+}
+
+/// Reads `buf.len()` bytes of guest-physical memory at `gpa`, within one
+/// page.
+fn read_guest(vcpu: &Vcpu, gpa: u64, buf: &mut [u8]) -> Option<()> {
+    let (uaddr, _) = vcpu.vm.mem.lock().translate(gpa)?;
+    UserSlice::new(UserPtr::from_addr(uaddr as usize), buf.len()).reader().read_slice(buf).ok()
+}
+
+/// Fetches up to 15 instruction bytes at `la`, page by page; fewer if the
+/// instruction runs into unmapped memory.
+fn fetch(vcpu: &Vcpu, paging: &Paging, la: u64, out: &mut [u8; 15]) -> usize {
+    let read_u64 = |gpa: u64| {
+        let mut b = [0u8; 8];
+        read_guest(vcpu, gpa, &mut b).map(|()| u64::from_le_bytes(b))
+    };
+    let mut got = 0;
+    while got < out.len() {
+        let at = la.wrapping_add(got as u64);
+        let Some(gpa) = pagewalk::translate(paging, at, read_u64) else { break };
+        let n = (4096 - (gpa & 0xfff) as usize).min(out.len() - got);
+        if read_guest(vcpu, gpa, &mut out[got..got + n]).is_none() {
+            break;
+        }
+        got += n;
+    }
+    got
+}
+
+fn reg_value(g: &Guest, f: &Fault, r: Reg) -> u64 {
+    let n = usize::from(r.num & 0xf);
+    let value = if n == RSP { f.rsp } else { g.regs.gpr[n] };
+    if r.high_byte {
+        value >> 8
+    } else {
+        value
+    }
+}
+
+pub(crate) fn emulate(vcpu: &Vcpu, g: &mut Guest, f: &Fault) -> Emulated {
+    if let Some((_, writable)) = vcpu.vm.mem.lock().translate(f.gpa) {
+        if !f.write || writable {
+            return Emulated::Retry;
+        }
+    }
+    let mut bytes = [0u8; 15];
+    let la = f.cs_base.wrapping_add(f.rip);
+    let la = if f.mode == CodeMode::Bits64 { la } else { la & 0xffff_ffff };
+    let n = fetch(vcpu, &f.paging, la, &mut bytes);
+    let insn = match decode::decode(&bytes[..n], f.mode) {
+        // Loads into RSP would need the VMCS; no compiler emits them for MMIO.
+        Some(MmioInsn { op: Op::Load { dest: Reg { num: 4, high_byte: false }, .. }, .. }) | None => {
+            let mut data = [0u64; 16];
+            data[0] = f.rip;
+            data[1] = f.gpa;
+            data[2] = u64::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3], bytes[4], bytes[5], bytes[6], bytes[7]]);
+            vcpu.run.set_exit(
+                uapi::RVMX_EXIT_INTERNAL_ERROR,
+                uapi::rvmx_exit_internal { suberror: uapi::RVMX_INTERNAL_ERROR_EMULATION, ndata: 3, data },
+            );
+            return Emulated::ToUser;
+        }
+        Some(insn) => insn,
+    };
+    let value = match insn.op {
+        Op::StoreReg(r) => Some(reg_value(g, f, r)),
+        Op::StoreImm(imm) => Some(imm),
+        Op::Load { dest, dest_bytes } => {
+            g.pending = Pending::MmioRead { size: insn.size, dest, dest_bytes };
+            None
+        }
+    };
+    g.rip_advance = u64::from(insn.len);
+    let mut data = [0u8; 8];
+    for (d, s) in data.iter_mut().zip(value.unwrap_or(0).to_le_bytes()).take(usize::from(insn.size)) {
+        *d = s;
+    }
+    vcpu.run.set_exit(
+        uapi::RVMX_EXIT_MMIO,
+        uapi::rvmx_exit_mmio {
+            phys_addr: f.gpa,
+            data,
+            len: u32::from(insn.size),
+            is_write: u8::from(value.is_some()),
+        },
+    );
+    Emulated::ToUser
+}
+
+/// Puts the data user space supplied for an MMIO load into the register.
+pub(super) fn complete_load(vcpu: &Vcpu, g: &mut Guest, size: u8, dest: Reg, dest_bytes: u8) {
+    let mmio: uapi::rvmx_exit_mmio = vcpu.run.exit_details();
+    let mut bytes = [0u8; 8];
+    for (d, s) in bytes.iter_mut().zip(mmio.data).take(usize::from(size)) {
+        *d = s;
+    }
+    let value = u64::from_le_bytes(bytes);
+    let reg = &mut g.regs.gpr[usize::from(dest.num & 0xf)];
+    *reg = match (dest_bytes, dest.high_byte) {
+        (_, true) => (*reg & !0xff00) | ((value & 0xff) << 8),
+        (1, _) => (*reg & !0xff) | (value & 0xff),
+        (2, _) => (*reg & !0xffff) | (value & 0xffff),
+        // 32-bit destinations zero-extend; 64-bit ones take it all.
+        _ => value,
+    };
+}
+
+/// Moves RIP past an emulated instruction, at the next entry.
+pub(crate) fn advance_rip(vmcs: &CurrentVmcs<'_>, g: &mut Guest) {
+    if g.rip_advance != 0 {
+        super::advance_rip(vmcs, core::mem::take(&mut g.rip_advance));
+    }
+}
