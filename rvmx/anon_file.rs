@@ -52,7 +52,12 @@ pub(crate) fn install<T: AnonFile>(obj: Arc<T>) -> Result<i32> {
     // `data` came from `into_foreign`; the file takes ownership of it if and
     // only if the call succeeds.
     let fd = unsafe {
-        anon_inode_getfd(T::NAME.as_char_ptr(), (&raw const *Vtable::<T>::build()).cast(), data, FD_FLAGS)
+        anon_inode_getfd(
+            T::NAME.as_char_ptr(),
+            (&raw const *Vtable::<T>::build()).cast(),
+            data,
+            FD_FLAGS,
+        )
     };
     if fd < 0 {
         // SAFETY: the call failed, so `data` is still ours, from `into_foreign`.
@@ -104,7 +109,10 @@ impl<T: AnonFile> Vtable<T> {
     ///
     /// `file` must be a file `install` created for a `T`, and `vma` a VMA
     /// being set up by mmap of it.
-    unsafe extern "C" fn mmap(file: *mut bindings::file, vma: *mut bindings::vm_area_struct) -> c_int {
+    unsafe extern "C" fn mmap(
+        file: *mut bindings::file,
+        vma: *mut bindings::vm_area_struct,
+    ) -> c_int {
         // SAFETY: as in `ioctl`: mmap runs between install and release.
         let this = unsafe { Arc::<T>::borrow((*file).private_data) };
         // SAFETY: the caller provides a VMA undergoing its initial setup.

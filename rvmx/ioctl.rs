@@ -24,10 +24,14 @@ pub(crate) fn unknown(cmd: u32, known: &[u32]) -> Error {
 
 /// Copies the ioctl's argument struct in from user space.
 pub(crate) fn read_arg<T: FromBytes>(arg: usize) -> Result<T> {
-    UserSlice::new(UserPtr::from_addr(arg), size_of::<T>()).reader().read()
+    UserSlice::new(UserPtr::from_addr(arg), size_of::<T>())
+        .reader()
+        .read()
 }
 
 /// Copies `value` out to the ioctl's argument struct in user space.
 pub(crate) fn write_arg<T: AsBytes>(arg: usize, value: &T) -> Result {
-    UserSlice::new(UserPtr::from_addr(arg), size_of::<T>()).writer().write(value)
+    UserSlice::new(UserPtr::from_addr(arg), size_of::<T>())
+        .writer()
+        .write(value)
 }

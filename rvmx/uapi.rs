@@ -27,4 +27,9 @@ macro_rules! plain_bytes {
     )*};
 }
 
-plain_bytes!(rvmx_vmx_caps, rvmx_userspace_memory_region, rvmx_regs, rvmx_sregs);
+plain_bytes!(
+    rvmx_vmx_caps,
+    rvmx_userspace_memory_region,
+    rvmx_regs,
+    rvmx_sregs
+);

@@ -3,8 +3,7 @@
 //! A VM: its memory, its vCPUs' shared settings, and the ioctls of a VM fd.
 
 use kernel::{
-    current,
-    new_mutex,
+    current, new_mutex,
     prelude::*,
     sync::{
         atomic::{Atomic, Relaxed},
@@ -50,7 +49,11 @@ fn current_mm() -> usize {
 impl Vm {
     pub(crate) fn create(host: Arc<VmxHost>) -> Result<Arc<Self>> {
         let controls = host.controls().map_err(|u| {
-            pr_err!("the CPU cannot set the {} controls {:#x} rvmx needs\n", u.word, u.bits);
+            pr_err!(
+                "the CPU cannot set the {} controls {:#x} rvmx needs\n",
+                u.word,
+                u.bits
+            );
             ENODEV
         })?;
         let memory = Memory::new()?;

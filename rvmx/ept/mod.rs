@@ -51,7 +51,9 @@ pub(crate) struct Ept {
 
 impl Ept {
     pub(crate) fn new() -> Result<Self> {
-        Ok(Self { root: Node::new(entry::LEVELS)? })
+        Ok(Self {
+            root: Node::new(entry::LEVELS)?,
+        })
     }
 
     /// The EPT pointer for the VMCS.

@@ -145,7 +145,7 @@ pub(crate) fn decode(bytes: &[u8], mode: CodeMode) -> Option<MmioInsn> {
         }
     };
     let (size, op) = match op {
-        0x88 | 0x89 | 0x8a | 0x8b => {
+        0x88..=0x8b => {
             let modrm = c.next()?;
             skip_memory_operand(&mut c, modrm, addr16)?;
             let byte = op & 1 == 0;

@@ -79,7 +79,10 @@ pub(crate) enum Emulated {
 /// page.
 fn read_guest(vcpu: &Vcpu, gpa: u64, buf: &mut [u8]) -> Option<()> {
     let (uaddr, _) = vcpu.vm.mem.lock().translate(gpa)?;
-    UserSlice::new(UserPtr::from_addr(uaddr as usize), buf.len()).reader().read_slice(buf).ok()
+    UserSlice::new(UserPtr::from_addr(uaddr as usize), buf.len())
+        .reader()
+        .read_slice(buf)
+        .ok()
 }
 
 /// Fetches up to 15 instruction bytes at `la`, page by page; fewer if the
@@ -92,7 +95,9 @@ fn fetch(vcpu: &Vcpu, paging: &Paging, la: u64, out: &mut [u8; 15]) -> usize {
     let mut got = 0;
     while got < out.len() {
         let at = la.wrapping_add(got as u64);
-        let Some(gpa) = pagewalk::translate(paging, at, read_u64) else { break };
+        let Some(gpa) = pagewalk::translate(paging, at, read_u64) else {
+            break;
+        };
         let n = (4096 - (gpa & 0xfff) as usize).min(out.len() - got);
         if read_guest(vcpu, gpa, &mut out[got..got + n]).is_none() {
             break;
@@ -120,18 +125,40 @@ pub(crate) fn emulate(vcpu: &Vcpu, g: &mut Guest, f: &Fault) -> Emulated {
     }
     let mut bytes = [0u8; 15];
     let la = f.cs_base.wrapping_add(f.rip);
-    let la = if f.mode == CodeMode::Bits64 { la } else { la & 0xffff_ffff };
+    let la = if f.mode == CodeMode::Bits64 {
+        la
+    } else {
+        la & 0xffff_ffff
+    };
     let n = fetch(vcpu, &f.paging, la, &mut bytes);
     let insn = match decode::decode(&bytes[..n], f.mode) {
         // Loads into RSP would need the VMCS; no compiler emits them for MMIO.
-        Some(MmioInsn { op: Op::Load { dest: Reg { num: 4, high_byte: false }, .. }, .. }) | None => {
+        Some(MmioInsn {
+            op:
+                Op::Load {
+                    dest:
+                        Reg {
+                            num: 4,
+                            high_byte: false,
+                        },
+                    ..
+                },
+            ..
+        })
+        | None => {
             let mut data = [0u64; 16];
             data[0] = f.rip;
             data[1] = f.gpa;
-            data[2] = u64::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3], bytes[4], bytes[5], bytes[6], bytes[7]]);
+            data[2] = u64::from_le_bytes([
+                bytes[0], bytes[1], bytes[2], bytes[3], bytes[4], bytes[5], bytes[6], bytes[7],
+            ]);
             vcpu.run.set_exit(
                 uapi::RVMX_EXIT_INTERNAL_ERROR,
-                uapi::rvmx_exit_internal { suberror: uapi::RVMX_INTERNAL_ERROR_EMULATION, ndata: 3, data },
+                uapi::rvmx_exit_internal {
+                    suberror: uapi::RVMX_INTERNAL_ERROR_EMULATION,
+                    ndata: 3,
+                    data,
+                },
             );
             return Emulated::ToUser;
         }
@@ -141,13 +168,21 @@ pub(crate) fn emulate(vcpu: &Vcpu, g: &mut Guest, f: &Fault) -> Emulated {
         Op::StoreReg(r) => Some(reg_value(g, f, r)),
         Op::StoreImm(imm) => Some(imm),
         Op::Load { dest, dest_bytes } => {
-            g.pending = Pending::MmioRead { size: insn.size, dest, dest_bytes };
+            g.pending = Pending::MmioRead {
+                size: insn.size,
+                dest,
+                dest_bytes,
+            };
             None
         }
     };
     g.rip_advance = u64::from(insn.len);
     let mut data = [0u8; 8];
-    for (d, s) in data.iter_mut().zip(value.unwrap_or(0).to_le_bytes()).take(usize::from(insn.size)) {
+    for (d, s) in data
+        .iter_mut()
+        .zip(value.unwrap_or(0).to_le_bytes())
+        .take(usize::from(insn.size))
+    {
         *d = s;
     }
     vcpu.run.set_exit(

@@ -58,7 +58,10 @@ pub(crate) fn skip_instruction(vmcs: &CurrentVmcs<'_>) {
 /// Moves RIP `len` bytes on, ending STI/MOV SS blocking as executing an
 /// instruction does.
 fn advance_rip(vmcs: &CurrentVmcs<'_>, len: u64) {
-    vmcs.write(FieldNat::GuestRip, vmcs.read(FieldNat::GuestRip).wrapping_add(len));
+    vmcs.write(
+        FieldNat::GuestRip,
+        vmcs.read(FieldNat::GuestRip).wrapping_add(len),
+    );
     let intr = vmcs.read(Field32::GuestInterruptibility);
     if intr & BLOCKING_STI_MOV_SS != 0 {
         vmcs.write(Field32::GuestInterruptibility, intr & !BLOCKING_STI_MOV_SS);
@@ -110,7 +113,11 @@ fn internal_error(vcpu: &Vcpu, vmcs: &CurrentVmcs<'_>, suberror: u32, code: u64)
     data[3] = vmcs.read(Field64Ro::GuestPhysicalAddress);
     vcpu.run.set_exit(
         uapi::RVMX_EXIT_INTERNAL_ERROR,
-        uapi::rvmx_exit_internal { suberror, ndata: 4, data },
+        uapi::rvmx_exit_internal {
+            suberror,
+            ndata: 4,
+            data,
+        },
     );
     Action::User
 }
@@ -120,7 +127,10 @@ fn internal_error(vcpu: &Vcpu, vmcs: &CurrentVmcs<'_>, suberror: u32, code: u64)
 pub(crate) fn report_entry_failure(vcpu: &Vcpu, reason: u64, cpu: u32) {
     vcpu.run.set_exit(
         uapi::RVMX_EXIT_FAIL_ENTRY,
-        uapi::rvmx_exit_fail_entry { hardware_entry_failure_reason: reason, cpu },
+        uapi::rvmx_exit_fail_entry {
+            hardware_entry_failure_reason: reason,
+            cpu,
+        },
     );
 }
 
@@ -128,7 +138,11 @@ pub(crate) fn handle(vcpu: &Vcpu, vmcs: &CurrentVmcs<'_>, g: &mut Guest) -> Acti
     let raw = vmcs.read(Field32Ro::ExitReason);
     let reason = match ExitReason::decode(raw) {
         ExitReason::EntryFailure(basic) => {
-            report_entry_failure(vcpu, u64::from(basic), kernel::cpu::CpuId::current().as_u32());
+            report_entry_failure(
+                vcpu,
+                u64::from(basic),
+                kernel::cpu::CpuId::current().as_u32(),
+            );
             return Action::User;
         }
         ExitReason::Exit(reason) => reason,
@@ -141,11 +155,22 @@ pub(crate) fn handle(vcpu: &Vcpu, vmcs: &CurrentVmcs<'_>, g: &mut Guest) -> Acti
     if vectoring & INTR_VALID != 0 {
         if reason == Reason::EptViolation {
             // Event delivery through MMIO cannot be emulated.
-            return internal_error(vcpu, vmcs, uapi::RVMX_INTERNAL_ERROR_EMULATION, u64::from(vectoring));
+            return internal_error(
+                vcpu,
+                vmcs,
+                uapi::RVMX_INTERNAL_ERROR_EMULATION,
+                u64::from(vectoring),
+            );
         }
         vmcs.write(Field32::EntryInterruptionInfo, vectoring & !(1 << 12));
-        vmcs.write(Field32::EntryExceptionErrorCode, vmcs.read(Field32Ro::IdtVectoringErrorCode));
-        vmcs.write(Field32::EntryInstructionLength, vmcs.read(Field32Ro::ExitInstructionLength));
+        vmcs.write(
+            Field32::EntryExceptionErrorCode,
+            vmcs.read(Field32Ro::IdtVectoringErrorCode),
+        );
+        vmcs.write(
+            Field32::EntryInstructionLength,
+            vmcs.read(Field32Ro::ExitInstructionLength),
+        );
     }
     match reason {
         // The timer bounds a stay in the guest: leave the window so pending
@@ -156,7 +181,12 @@ pub(crate) fn handle(vcpu: &Vcpu, vmcs: &CurrentVmcs<'_>, g: &mut Guest) -> Acti
             if (info >> 8) & 7 == INTR_TYPE_NMI {
                 Action::Nmi
             } else {
-                internal_error(vcpu, vmcs, uapi::RVMX_INTERNAL_ERROR_UNHANDLED_EXIT, u64::from(raw))
+                internal_error(
+                    vcpu,
+                    vmcs,
+                    uapi::RVMX_INTERNAL_ERROR_UNHANDLED_EXIT,
+                    u64::from(raw),
+                )
             }
         }
         Reason::TripleFault => {
@@ -167,7 +197,10 @@ pub(crate) fn handle(vcpu: &Vcpu, vmcs: &CurrentVmcs<'_>, g: &mut Guest) -> Acti
             let (leaf, sub) = (g.regs.gpr[RAX] as u32, g.regs.gpr[vcpu::regs::RCX] as u32);
             let (a, b, c, d) = instr::cpuid(leaf, sub);
             let out = cpuid::filter(leaf, sub, [a, b, c, d], vcpu.id);
-            for (reg, value) in [RAX, vcpu::regs::RBX, vcpu::regs::RCX, vcpu::regs::RDX].into_iter().zip(out) {
+            for (reg, value) in [RAX, vcpu::regs::RBX, vcpu::regs::RCX, vcpu::regs::RDX]
+                .into_iter()
+                .zip(out)
+            {
                 g.regs.gpr[reg] = u64::from(value);
             }
             skip_instruction(vmcs);
@@ -189,14 +222,23 @@ pub(crate) fn handle(vcpu: &Vcpu, vmcs: &CurrentVmcs<'_>, g: &mut Guest) -> Acti
             g.pending = Pending::Hypercall;
             vcpu.run.set_exit(
                 uapi::RVMX_EXIT_HYPERCALL,
-                uapi::rvmx_exit_hypercall { nr: r[RAX], args, ret: 0, flags: 0 },
+                uapi::rvmx_exit_hypercall {
+                    nr: r[RAX],
+                    args,
+                    ret: 0,
+                    flags: 0,
+                },
             );
             Action::User
         }
         Reason::VmxInstruction | Reason::Mwait | Reason::Monitor => inject_ud(vmcs),
         Reason::CrAccess => cr_access(vmcs, g, CrAccess::decode(qual), vcpu),
         Reason::DrAccess => {
-            let (dr, to_dr, reg) = ((qual & 7) as usize, qual & (1 << 4) == 0, ((qual >> 8) & 0xf) as u8);
+            let (dr, to_dr, reg) = (
+                (qual & 7) as usize,
+                qual & (1 << 4) == 0,
+                ((qual >> 8) & 0xf) as u8,
+            );
             if to_dr {
                 g.dr[dr] = gpr(vmcs, g, reg);
             } else {
@@ -214,13 +256,21 @@ pub(crate) fn handle(vcpu: &Vcpu, vmcs: &CurrentVmcs<'_>, g: &mut Guest) -> Acti
             let v = EptViolation::decode(qual);
             if v.fetch {
                 // Executing from MMIO is beyond emulation.
-                return internal_error(vcpu, vmcs, uapi::RVMX_INTERNAL_ERROR_EMULATION, u64::from(raw));
+                return internal_error(
+                    vcpu,
+                    vmcs,
+                    uapi::RVMX_INTERNAL_ERROR_EMULATION,
+                    u64::from(raw),
+                );
             }
             Action::Mmio(mmio::Fault::capture(vmcs, v))
         }
-        Reason::EptMisconfig | Reason::Other(_) => {
-            internal_error(vcpu, vmcs, uapi::RVMX_INTERNAL_ERROR_UNHANDLED_EXIT, u64::from(raw))
-        }
+        Reason::EptMisconfig | Reason::Other(_) => internal_error(
+            vcpu,
+            vmcs,
+            uapi::RVMX_INTERNAL_ERROR_UNHANDLED_EXIT,
+            u64::from(raw),
+        ),
     }
 }
 
@@ -280,7 +330,11 @@ pub(crate) fn complete_pending(vcpu: &Vcpu, g: &mut Guest) {
     match core::mem::take(&mut g.pending) {
         Pending::None => {}
         Pending::PortIn { size } => io::complete_in(vcpu, g, size),
-        Pending::MmioRead { size, dest, dest_bytes } => mmio::complete_load(vcpu, g, size, dest, dest_bytes),
+        Pending::MmioRead {
+            size,
+            dest,
+            dest_bytes,
+        } => mmio::complete_load(vcpu, g, size, dest, dest_bytes),
         Pending::Hypercall => {
             let call: uapi::rvmx_exit_hypercall = vcpu.run.exit_details();
             g.regs.gpr[RAX] = call.ret;

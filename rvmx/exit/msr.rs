@@ -5,8 +5,10 @@
 
 use crate::{
     vcpu::{
-        self, regs::{RAX, RCX, RDX}, Guest, Vcpu, MSR_EFER, MSR_FS_BASE, MSR_GS_BASE, MSR_PAT,
-        MSR_SYSENTER_CS, MSR_SYSENTER_EIP, MSR_SYSENTER_ESP, SWITCHED_MSRS,
+        self,
+        regs::{RAX, RCX, RDX},
+        Guest, Vcpu, MSR_EFER, MSR_FS_BASE, MSR_GS_BASE, MSR_PAT, MSR_SYSENTER_CS,
+        MSR_SYSENTER_EIP, MSR_SYSENTER_ESP, SWITCHED_MSRS,
     },
     vmx::{
         current::CurrentVmcs,
@@ -84,7 +86,11 @@ fn write(vcpu: &Vcpu, vmcs: &CurrentVmcs<'_>, g: &mut Guest, msr: u32, value: u6
             if cr0 & (1 << 31) != 0 && (old ^ value) & (1 << 8) != 0 {
                 return false;
             }
-            vcpu::write_efer(vcpu, vmcs, (value & !vcpu::EFER_LMA) | (old & vcpu::EFER_LMA));
+            vcpu::write_efer(
+                vcpu,
+                vmcs,
+                (value & !vcpu::EFER_LMA) | (old & vcpu::EFER_LMA),
+            );
         }
         MSR_FS_BASE | MSR_GS_BASE | MSR_SYSENTER_ESP | MSR_SYSENTER_EIP if !canonical(value) => {
             return false

@@ -42,12 +42,18 @@ pub(crate) type Unmapped = Option<PinnedPages>;
 
 impl Memory {
     pub(crate) fn new() -> Result<Self> {
-        Ok(Self { slots: KVec::new(), ept: Ept::new()? })
+        Ok(Self {
+            slots: KVec::new(),
+            ept: Ept::new()?,
+        })
     }
 
     /// Applies `RVMX_SET_USER_MEMORY_REGION`. Whatever the result, the
     /// returned pages must be flushed before they are dropped.
-    pub(crate) fn set_region(&mut self, req: &uapi::rvmx_userspace_memory_region) -> (Result, Unmapped) {
+    pub(crate) fn set_region(
+        &mut self,
+        req: &uapi::rvmx_userspace_memory_region,
+    ) -> (Result, Unmapped) {
         let req = Region {
             slot: req.slot,
             flags: req.flags,

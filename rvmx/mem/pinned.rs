@@ -23,7 +23,10 @@ impl PinnedPages {
     /// Pins the `count` pages at user address `uaddr` of the calling process.
     pub(crate) fn pin(uaddr: u64, count: usize, writable: bool) -> Result<Self> {
         let mut pages = KVVec::with_capacity(count, GFP_KERNEL_ACCOUNT)?;
-        let mut this = Self { pages: KVVec::new(), writable };
+        let mut this = Self {
+            pages: KVVec::new(),
+            writable,
+        };
         let flags = bindings::FOLL_LONGTERM | if writable { bindings::FOLL_WRITE } else { 0 };
         let mut buf = [core::ptr::null_mut::<bindings::page>(); CHUNK];
         while pages.len() < count {
@@ -32,12 +35,21 @@ impl PinnedPages {
             // SAFETY: `buf` has room for `want` page pointers; the address
             // range is the caller's, validated by the kernel itself.
             let got = unsafe {
-                bindings::pin_user_pages_fast(addr as usize, want as i32, flags as u32, buf.as_mut_ptr())
+                bindings::pin_user_pages_fast(
+                    addr as usize,
+                    want as i32,
+                    flags as u32,
+                    buf.as_mut_ptr(),
+                )
             };
             if got <= 0 {
                 // Hand what is pinned so far to `this`, whose drop unpins it.
                 this.pages = pages;
-                return Err(if got < 0 { Error::from_errno(got) } else { EFAULT });
+                return Err(if got < 0 {
+                    Error::from_errno(got)
+                } else {
+                    EFAULT
+                });
             }
             for &page in &buf[..got as usize] {
                 // Capacity was reserved for `count` pages.

@@ -63,7 +63,7 @@ pub(crate) fn check(req: &Region, existing: &[Region]) -> Result<Change, Refusal
     if req.size == 0 {
         return current.map(|_| Change::Delete).ok_or(Refusal::Invalid);
     }
-    let aligned = (req.gpa | req.size | req.uaddr) % PAGE_SIZE == 0;
+    let aligned = (req.gpa | req.size | req.uaddr).is_multiple_of(PAGE_SIZE);
     let gpa_end = req.gpa.checked_add(req.size);
     let user_end = req.uaddr.checked_add(req.size);
     if !aligned
@@ -145,7 +145,7 @@ mod tests {
                 uaddr: 0x1234,
                 ..region(1, 0x1000, 0x1000)
             },
-            region(1, u64::MAX & !0xfff, 0x2000),
+            region(1, !0xfff, 0x2000),
             region(1, MAX_GPA - 0x1000, 0x2000),
             region(1, 0x1000, MAX_SLOT_SIZE + 0x1000),
             Region {
@@ -153,7 +153,7 @@ mod tests {
                 ..region(1, 0x1000, 0x2000)
             },
             Region {
-                uaddr: u64::MAX & !0xfff,
+                uaddr: !0xfff,
                 ..region(1, 0x1000, 0x2000)
             },
             region(5, 0, 0),

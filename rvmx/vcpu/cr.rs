@@ -60,7 +60,11 @@ pub(crate) fn write_cr0(vcpu: &Vcpu, vmcs: &CurrentVmcs<'_>, cr0: u64) -> Result
     let efer = vmcs.read(Field64::GuestIa32Efer);
     let old = guest_cr0(vmcs);
     // Turning paging on with EFER.LME needs PAE, as on hardware.
-    if cr0 & CR0_PG != 0 && old & CR0_PG == 0 && efer & EFER_LME != 0 && guest_cr4(vmcs) & (1 << 5) == 0 {
+    if cr0 & CR0_PG != 0
+        && old & CR0_PG == 0
+        && efer & EFER_LME != 0
+        && guest_cr4(vmcs) & (1 << 5) == 0
+    {
         return Err(Invalid);
     }
     set_cr0(vcpu, vmcs, cr0);
@@ -99,10 +103,18 @@ pub(crate) fn guest_cr4(vmcs: &CurrentVmcs<'_>) -> u64 {
 /// "IA-32e mode guest" entry control from LMA, as VM entry requires.
 pub(crate) fn set_efer(vcpu: &Vcpu, vmcs: &CurrentVmcs<'_>, efer: u64, cr0: u64) {
     let long = efer & EFER_LME != 0 && cr0 & CR0_PG != 0;
-    let efer = if long { efer | EFER_LMA } else { efer & !EFER_LMA };
+    let efer = if long {
+        efer | EFER_LMA
+    } else {
+        efer & !EFER_LMA
+    };
     vmcs.write(Field64::GuestIa32Efer, efer);
     let entry = vcpu.vm.controls.entry
-        | if long { crate::vmx::controls::ENTRY_IA32E_MODE_GUEST } else { 0 };
+        | if long {
+            crate::vmx::controls::ENTRY_IA32E_MODE_GUEST
+        } else {
+            0
+        };
     vmcs.write(crate::vmx::vmcs::Field32::EntryControls, entry);
 }
 

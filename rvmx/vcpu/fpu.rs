@@ -66,10 +66,16 @@ impl GuestFpu {
         let mut area = KBox::<XsaveArea>::init(pin_init::init_zeroed(), GFP_KERNEL_ACCOUNT)?;
         // An all-zero XSAVE header means every component is in its initial
         // state, except MXCSR, which XRSTOR loads from the image.
-        for (dst, src) in area.0[MXCSR_OFFSET..].iter_mut().zip(MXCSR_RESET.to_ne_bytes()) {
+        for (dst, src) in area.0[MXCSR_OFFSET..]
+            .iter_mut()
+            .zip(MXCSR_RESET.to_ne_bytes())
+        {
             *dst = src;
         }
-        Ok(Self { area, xcr0: XCR0_RESET })
+        Ok(Self {
+            area,
+            xcr0: XCR0_RESET,
+        })
     }
 
     /// Loads the guest's state and XCR0; returns the host's XCR0 for `save`.

@@ -30,8 +30,14 @@ pub(crate) const MSR_SYSENTER_EIP: u32 = 0x176;
 /// VM exit switches: rvmx loads the guest's after saving the host's, and
 /// restores the host's before interrupts come back. None is used by the
 /// host while interrupts are off (SYSCALL targets, SWAPGS base, RDTSCP).
-pub(crate) const SWITCHED_MSRS: [u32; 6] =
-    [MSR_STAR, MSR_LSTAR, MSR_CSTAR, MSR_SFMASK, MSR_KERNEL_GS_BASE, MSR_TSC_AUX];
+pub(crate) const SWITCHED_MSRS: [u32; 6] = [
+    MSR_STAR,
+    MSR_LSTAR,
+    MSR_CSTAR,
+    MSR_SFMASK,
+    MSR_KERNEL_GS_BASE,
+    MSR_TSC_AUX,
+];
 
 /// Host state saved before entering and restored after the last exit of a
 /// window.
@@ -55,7 +61,10 @@ fn tr_base(gdt: &DescriptorTable, tr: u16) -> u64 {
             core::ptr::read_volatile(desc.add(2)),
         )
     };
-    u64::from(w0 >> 16) | (u64::from(w1 & 0xff) << 16) | (u64::from(w1 >> 24) << 24) | (u64::from(w2) << 32)
+    u64::from(w0 >> 16)
+        | (u64::from(w1 & 0xff) << 16)
+        | (u64::from(w1 >> 24) << 24)
+        | (u64::from(w2) << 32)
 }
 
 impl SavedHost {
@@ -95,7 +104,13 @@ impl SavedHost {
         vmcs.write(Field64::HostIa32Pat, rdmsr(MSR_PAT));
         vmcs.write(FieldNat::HostRip, rvmx_vmexit as *const () as u64);
 
-        Self { gdt, idt, ds: sel.ds, es: sel.es, msrs: SWITCHED_MSRS.map(rdmsr) }
+        Self {
+            gdt,
+            idt,
+            ds: sel.ds,
+            es: sel.es,
+            msrs: SWITCHED_MSRS.map(rdmsr),
+        }
     }
 
     /// Loads the guest's values of the switched MSRs.

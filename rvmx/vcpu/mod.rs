@@ -48,12 +48,12 @@ use crate::{
 };
 
 pub(crate) use cr::{guest_cr0, write_cr0, write_cr4, write_efer, EFER_LMA};
-pub(crate) use state::EFER_VALID;
 pub(crate) use host::{
     MSR_EFER, MSR_FS_BASE, MSR_GS_BASE, MSR_PAT, MSR_SFMASK, MSR_STAR, MSR_SYSENTER_CS,
     MSR_SYSENTER_EIP, MSR_SYSENTER_ESP, MSR_TSC_AUX, SWITCHED_MSRS,
 };
 pub(crate) use run_area::RunArea;
+pub(crate) use state::EFER_VALID;
 
 use fpu::{GuestFpu, KernelFpu};
 use host::SavedHost;
@@ -78,7 +78,11 @@ pub(crate) enum Pending {
     PortIn { size: u8 },
     /// MMIO read: the VMM put `size` bytes in `mmio.data`; they go to
     /// `dest` as the instruction says.
-    MmioRead { size: u8, dest: crate::exit::decode::Reg, dest_bytes: u8 },
+    MmioRead {
+        size: u8,
+        dest: crate::exit::decode::Reg,
+        dest_bytes: u8,
+    },
     /// VMCALL: the VMM's `hypercall.ret` goes to RAX.
     Hypercall,
 }
@@ -159,7 +163,13 @@ impl Vcpu {
             rip_advance: 0,
             mtrr_def_type: 0,
         };
-        let state = State { vmcs, initialized: false, last_cpu: None, ept_generation: 0, guest };
+        let state = State {
+            vmcs,
+            initialized: false,
+            last_cpu: None,
+            ept_generation: 0,
+            guest,
+        };
         Arc::pin_init(
             try_pin_init!(Self { vm, id, vpid, run, state <- new_mutex!(state) }),
             GFP_KERNEL_ACCOUNT,
@@ -168,7 +178,11 @@ impl Vcpu {
 
     /// Runs `f` with this vCPU's VMCS current on this CPU, in a window.
     /// Used by the state ioctls, outside RUN.
-    fn with_vmcs<R>(&self, st: &mut State, f: impl FnOnce(&Self, &CurrentVmcs<'_>, &mut Guest) -> R) -> Result<R> {
+    fn with_vmcs<R>(
+        &self,
+        st: &mut State,
+        f: impl FnOnce(&Self, &CurrentVmcs<'_>, &mut Guest) -> R,
+    ) -> Result<R> {
         let _irqs = IrqsOff::new();
         let window = self.open_window()?;
         let vmcs = CurrentVmcs::load(&window, &mut st.vmcs).map_err(|_| EIO)?;
@@ -300,7 +314,9 @@ impl Vcpu {
     fn set_regs(&self, arg: usize) -> Result<isize> {
         let regs: uapi::rvmx_regs = ioctl::read_arg(arg)?;
         let mut st = self.state.lock();
-        self.with_vmcs(&mut st, |_, vmcs, guest| state::set_regs(vmcs, guest, &regs))?;
+        self.with_vmcs(&mut st, |_, vmcs, guest| {
+            state::set_regs(vmcs, guest, &regs)
+        })?;
         Ok(0)
     }
 
@@ -314,7 +330,9 @@ impl Vcpu {
     fn set_sregs(&self, arg: usize) -> Result<isize> {
         let sregs: uapi::rvmx_sregs = ioctl::read_arg(arg)?;
         let mut st = self.state.lock();
-        self.with_vmcs(&mut st, |vcpu, vmcs, guest| state::set_sregs(vcpu, vmcs, guest, &sregs))??;
+        self.with_vmcs(&mut st, |vcpu, vmcs, guest| {
+            state::set_sregs(vcpu, vmcs, guest, &sregs)
+        })??;
         Ok(0)
     }
 }
@@ -355,6 +373,7 @@ impl AnonFile for Vcpu {
         vma.try_clear_mayexec()?;
         vma.set_dontcopy();
         vma.set_dontexpand();
-        vma.set_mixedmap().vm_insert_page(vma.start(), this.run.page())
+        vma.set_mixedmap()
+            .vm_insert_page(vma.start(), this.run.page())
     }
 }

@@ -44,7 +44,10 @@ pub(crate) fn program(vcpu: &Vcpu, vmcs: &CurrentVmcs<'_>) {
         vmcs.write(Field16::Vpid, vcpu.vpid);
     }
     vmcs.write(FieldNat::Cr0GuestHostMask, cr::CR0_OWNED);
-    vmcs.write(FieldNat::Cr4GuestHostMask, cr::cr4_owned(&vcpu.vm.host.caps));
+    vmcs.write(
+        FieldNat::Cr4GuestHostMask,
+        cr::cr4_owned(&vcpu.vm.host.caps),
+    );
 
     for seg in Seg::ALL {
         let (selector, base, ar) = match seg {

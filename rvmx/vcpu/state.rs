@@ -54,7 +54,10 @@ pub(super) fn set_regs(vmcs: &CurrentVmcs<'_>, g: &mut Guest, v: &rvmx_regs) {
     r[RSI] = v.rsi;
     r[RDI] = v.rdi;
     r[RBP] = v.rbp;
-    for (dst, src) in r[8..].iter_mut().zip([v.r8, v.r9, v.r10, v.r11, v.r12, v.r13, v.r14, v.r15]) {
+    for (dst, src) in r[8..]
+        .iter_mut()
+        .zip([v.r8, v.r9, v.r10, v.r11, v.r12, v.r13, v.r14, v.r15])
+    {
         *dst = src;
     }
     vmcs.write(FieldNat::GuestRsp, v.rsp);
@@ -105,7 +108,11 @@ fn set_segment(vmcs: &CurrentVmcs<'_>, seg: Seg, v: &rvmx_segment) {
 
 pub(super) fn get_sregs(vmcs: &CurrentVmcs<'_>, g: &Guest) -> rvmx_sregs {
     let seg = |s| get_segment(vmcs, s);
-    let dt = |base, limit: u32| rvmx_dtable { base, limit: limit as u16, padding: [0; 3] };
+    let dt = |base, limit: u32| rvmx_dtable {
+        base,
+        limit: limit as u16,
+        padding: [0; 3],
+    };
     rvmx_sregs {
         cs: seg(Seg::Cs),
         ds: seg(Seg::Ds),
@@ -115,8 +122,14 @@ pub(super) fn get_sregs(vmcs: &CurrentVmcs<'_>, g: &Guest) -> rvmx_sregs {
         ss: seg(Seg::Ss),
         tr: seg(Seg::Tr),
         ldt: seg(Seg::Ldtr),
-        gdt: dt(vmcs.read(FieldNat::GuestGdtrBase), vmcs.read(Field32::GuestGdtrLimit)),
-        idt: dt(vmcs.read(FieldNat::GuestIdtrBase), vmcs.read(Field32::GuestIdtrLimit)),
+        gdt: dt(
+            vmcs.read(FieldNat::GuestGdtrBase),
+            vmcs.read(Field32::GuestGdtrLimit),
+        ),
+        idt: dt(
+            vmcs.read(FieldNat::GuestIdtrBase),
+            vmcs.read(Field32::GuestIdtrLimit),
+        ),
         cr0: cr::guest_cr0(vmcs),
         cr2: g.regs.cr2,
         cr3: vmcs.read(FieldNat::GuestCr3),
@@ -131,7 +144,12 @@ pub(super) fn get_sregs(vmcs: &CurrentVmcs<'_>, g: &Guest) -> rvmx_sregs {
 /// EFER bits a guest may set: SCE, LME, LMA (derived), NXE.
 pub(crate) const EFER_VALID: u64 = (1 << 0) | (1 << 8) | (1 << 10) | (1 << 11);
 
-pub(super) fn set_sregs(vcpu: &Vcpu, vmcs: &CurrentVmcs<'_>, g: &mut Guest, v: &rvmx_sregs) -> Result {
+pub(super) fn set_sregs(
+    vcpu: &Vcpu,
+    vmcs: &CurrentVmcs<'_>,
+    g: &mut Guest,
+    v: &rvmx_sregs,
+) -> Result {
     if v.efer & !EFER_VALID != 0 || v.interrupt_bitmap.iter().any(|&w| w != 0) {
         return Err(EINVAL);
     }

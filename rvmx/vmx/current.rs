@@ -32,7 +32,10 @@ impl<'w> CurrentVmcs<'w> {
         // the region is tagged (`PageBuf::vmx_region`) and exclusively
         // borrowed, so not current on any other CPU.
         unsafe { instr::vmptrld(phys)? };
-        Ok(Self { phys, _window: window })
+        Ok(Self {
+            phys,
+            _window: window,
+        })
     }
 
     pub(crate) fn read<F: Readable>(&self, field: F) -> F::Value

@@ -138,7 +138,12 @@ impl VmxHost {
         let tsc_khz = unsafe { kernel::bindings::tsc_khz };
         // IA32_VMX_MISC[4:0]: the timer counts every 2^n TSC ticks.
         let preemption_ticks = (tsc_khz >> (caps.misc & 0x1f)).max(1);
-        Ok(Self { caps, regions, vpids: VpidPool::new(), preemption_ticks })
+        Ok(Self {
+            caps,
+            regions,
+            vpids: VpidPool::new(),
+            preemption_ticks,
+        })
     }
 
     /// Whether the host delivers events with FRED rather than the IDT.

@@ -61,7 +61,9 @@ pub(crate) unsafe fn rdmsr(msr: u32) -> u64 {
 pub(crate) fn rdtsc() -> u64 {
     let (lo, hi): (u32, u32);
     // SAFETY: RDTSC only reads the time-stamp counter.
-    unsafe { asm!("rdtsc", out("eax") lo, out("edx") hi, options(nostack, preserves_flags, nomem)) };
+    unsafe {
+        asm!("rdtsc", out("eax") lo, out("edx") hi, options(nostack, preserves_flags, nomem))
+    };
     (u64::from(hi) << 32) | u64::from(lo)
 }
 
@@ -229,16 +231,20 @@ pub(crate) fn selectors() -> Selectors {
 /// `ds` and `es` must be the selectors `selectors` read on this thread.
 pub(crate) unsafe fn load_ds_es(ds: u16, es: u16) {
     // SAFETY: guaranteed by the caller: the values these registers held.
-    unsafe { asm!("mov ds, {0:x}", "mov es, {1:x}", in(reg) ds, in(reg) es,
-                  options(nostack, preserves_flags)) };
+    unsafe {
+        asm!("mov ds, {0:x}", "mov es, {1:x}", in(reg) ds, in(reg) es,
+                  options(nostack, preserves_flags))
+    };
 }
 
 pub(crate) fn xgetbv0() -> u64 {
     let (lo, hi): (u32, u32);
     // SAFETY: XGETBV(0) reads XCR0; rvmx requires XSAVE (CR4.OSXSAVE) before
     // calling it.
-    unsafe { asm!("xgetbv", in("ecx") 0, out("eax") lo, out("edx") hi,
-                  options(nostack, preserves_flags, nomem)) };
+    unsafe {
+        asm!("xgetbv", in("ecx") 0, out("eax") lo, out("edx") hi,
+                  options(nostack, preserves_flags, nomem))
+    };
     (u64::from(hi) << 32) | u64::from(lo)
 }
 
@@ -250,8 +256,10 @@ pub(crate) fn xgetbv0() -> u64 {
 /// restored before the kernel or user space uses extended state again.
 pub(crate) unsafe fn xsetbv0(value: u64) {
     // SAFETY: guaranteed by the caller, see above.
-    unsafe { asm!("xsetbv", in("ecx") 0, in("eax") value as u32, in("edx") (value >> 32) as u32,
-                  options(nostack, preserves_flags)) };
+    unsafe {
+        asm!("xsetbv", in("ecx") 0, in("eax") value as u32, in("edx") (value >> 32) as u32,
+                  options(nostack, preserves_flags))
+    };
 }
 
 /// Saves the extended state components in `mask` into `area`.
@@ -263,8 +271,10 @@ pub(crate) unsafe fn xsetbv0(value: u64) {
 /// (between `kernel_fpu_begin` and `kernel_fpu_end`).
 pub(crate) unsafe fn xsave(area: *mut u8, mask: u64) {
     // SAFETY: guaranteed by the caller, see above.
-    unsafe { asm!("xsave64 [{}]", in(reg) area, in("eax") mask as u32, in("edx") (mask >> 32) as u32,
-                  options(nostack, preserves_flags)) };
+    unsafe {
+        asm!("xsave64 [{}]", in(reg) area, in("eax") mask as u32, in("edx") (mask >> 32) as u32,
+                  options(nostack, preserves_flags))
+    };
 }
 
 /// Loads the extended state components in `mask` from `area`.
@@ -275,8 +285,10 @@ pub(crate) unsafe fn xsave(area: *mut u8, mask: u64) {
 /// wrote, or a zeroed area with a valid header).
 pub(crate) unsafe fn xrstor(area: *const u8, mask: u64) {
     // SAFETY: guaranteed by the caller, see above.
-    unsafe { asm!("xrstor64 [{}]", in(reg) area, in("eax") mask as u32, in("edx") (mask >> 32) as u32,
-                  options(nostack, preserves_flags, readonly)) };
+    unsafe {
+        asm!("xrstor64 [{}]", in(reg) area, in("eax") mask as u32, in("edx") (mask >> 32) as u32,
+                  options(nostack, preserves_flags, readonly))
+    };
 }
 
 /// Makes the VMCS at physical `vmcs` current and active on this CPU.

@@ -83,7 +83,9 @@ pub(crate) struct VmxonRegion {
 
 impl VmxonRegion {
     pub(crate) fn new(revision: u32) -> Result<Self> {
-        Ok(Self { page: PageBuf::vmx_region(revision)? })
+        Ok(Self {
+            page: PageBuf::vmx_region(revision)?,
+        })
     }
 }
 

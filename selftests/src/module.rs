@@ -14,6 +14,10 @@ pub const TESTS: &[Test] = &[
         run: rmmod_refused_while_open,
     },
     Test {
+        name: "rmmod_refused_while_a_vm_lives",
+        run: rmmod_refused_while_a_vm_lives,
+    },
+    Test {
         name: "load_unload_20_cycles",
         run: load_unload_20_cycles,
     },
