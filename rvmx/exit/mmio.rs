@@ -9,8 +9,6 @@
 //! with interrupts off, so the exit captures what it needs from the VMCS
 //! (`Fault`) and the rest runs after the window is left.
 
-use kernel::{prelude::*, uaccess::UserSlice};
-
 use crate::{
     uapi,
     vcpu::{self, regs::RSP, Guest, Pending, Vcpu},
@@ -23,7 +21,8 @@ use crate::{
 
 use super::{
     decode::{self, CodeMode, MmioInsn, Op, Reg},
-    pagewalk::{self, Paging},
+    guest_mem,
+    pagewalk::Paging,
     reason::EptViolation,
 };
 
@@ -56,12 +55,7 @@ impl Fault {
             rsp: vmcs.read(FieldNat::GuestRsp),
             cs_base: vmcs.read(Seg::Cs.base()),
             mode,
-            paging: Paging {
-                cr0: vcpu::guest_cr0(vmcs),
-                cr3: vmcs.read(FieldNat::GuestCr3),
-                cr4: vmcs.read(FieldNat::GuestCr4),
-                efer,
-            },
+            paging: super::guest_paging(vmcs),
         }
     }
 }
@@ -73,38 +67,6 @@ pub(crate) enum Emulated {
     /// The address is guest memory after all (a slot was added since the
     /// exit): enter the guest again to retry the access.
     Retry,
-}
-
-/// Reads `buf.len()` bytes of guest-physical memory at `gpa`, within one
-/// page.
-fn read_guest(vcpu: &Vcpu, gpa: u64, buf: &mut [u8]) -> Option<()> {
-    let (uaddr, _) = vcpu.vm.mem.lock().translate(gpa)?;
-    UserSlice::new(UserPtr::from_addr(uaddr as usize), buf.len())
-        .reader()
-        .read_slice(buf)
-        .ok()
-}
-
-/// Fetches up to 15 instruction bytes at `la`, page by page; fewer if the
-/// instruction runs into unmapped memory.
-fn fetch(vcpu: &Vcpu, paging: &Paging, la: u64, out: &mut [u8; 15]) -> usize {
-    let read_u64 = |gpa: u64| {
-        let mut b = [0u8; 8];
-        read_guest(vcpu, gpa, &mut b).map(|()| u64::from_le_bytes(b))
-    };
-    let mut got = 0;
-    while got < out.len() {
-        let at = la.wrapping_add(got as u64);
-        let Some(gpa) = pagewalk::translate(paging, at, read_u64) else {
-            break;
-        };
-        let n = (4096 - (gpa & 0xfff) as usize).min(out.len() - got);
-        if read_guest(vcpu, gpa, &mut out[got..got + n]).is_none() {
-            break;
-        }
-        got += n;
-    }
-    got
 }
 
 fn reg_value(g: &Guest, f: &Fault, r: Reg) -> u64 {
@@ -130,7 +92,7 @@ pub(crate) fn emulate(vcpu: &Vcpu, g: &mut Guest, f: &Fault) -> Emulated {
     } else {
         la & 0xffff_ffff
     };
-    let n = fetch(vcpu, &f.paging, la, &mut bytes);
+    let n = guest_mem::read_linear(vcpu, &f.paging, la, &mut bytes);
     let insn = match decode::decode(&bytes[..n], f.mode) {
         // Loads into RSP would need the VMCS; no compiler emits them for MMIO.
         Some(MmioInsn {

@@ -6,7 +6,8 @@
 
 pub(crate) mod cpuid;
 pub(crate) mod decode;
-mod io;
+mod guest_mem;
+pub(crate) mod io;
 pub(crate) mod mmio;
 mod msr;
 pub(crate) mod pagewalk;
@@ -36,6 +37,8 @@ pub(crate) enum Action {
     User,
     /// An MMIO access to emulate once out of the window.
     Mmio(mmio::Fault),
+    /// An INS or OUTS to emulate once out of the window.
+    StringIo(io::StringIo),
 }
 
 /// The guest's local APIC base MSR: default address, enabled, BSP.
@@ -87,6 +90,16 @@ pub(crate) fn inject_ud(vmcs: &CurrentVmcs<'_>) -> Action {
 
 pub(crate) fn inject_gp(vmcs: &CurrentVmcs<'_>) -> Action {
     inject(vmcs, VECTOR_GP, Some(0))
+}
+
+/// The guest's paging registers, to walk its page tables out of the window.
+fn guest_paging(vmcs: &CurrentVmcs<'_>) -> pagewalk::Paging {
+    pagewalk::Paging {
+        cr0: vcpu::guest_cr0(vmcs),
+        cr3: vmcs.read(FieldNat::GuestCr3),
+        cr4: vmcs.read(FieldNat::GuestCr4),
+        efer: vmcs.read(crate::vmx::vmcs::Field64::GuestIa32Efer),
+    }
 }
 
 /// Reads general-purpose register `n` (RSP lives in the VMCS).
@@ -330,6 +343,7 @@ pub(crate) fn complete_pending(vcpu: &Vcpu, g: &mut Guest) {
     match core::mem::take(&mut g.pending) {
         Pending::None => {}
         Pending::PortIn { size } => io::complete_in(vcpu, g, size),
+        Pending::PortInString { io, count } => io::complete_in_string(vcpu, g, &io, count),
         Pending::MmioRead {
             size,
             dest,

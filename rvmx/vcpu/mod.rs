@@ -52,7 +52,7 @@ pub(crate) use host::{
     MSR_EFER, MSR_FS_BASE, MSR_GS_BASE, MSR_PAT, MSR_SFMASK, MSR_STAR, MSR_SYSENTER_CS,
     MSR_SYSENTER_EIP, MSR_SYSENTER_ESP, MSR_TSC_AUX, SWITCHED_MSRS,
 };
-pub(crate) use run_area::RunArea;
+pub(crate) use run_area::{RunArea, DATA_SIZE as RUN_DATA_SIZE};
 pub(crate) use state::EFER_VALID;
 
 use fpu::{GuestFpu, KernelFpu};
@@ -76,6 +76,12 @@ pub(crate) enum Pending {
     None,
     /// IN: the VMM put `size` bytes at the data offset; they go to RAX.
     PortIn { size: u8 },
+    /// INS: the VMM put `count` elements at the data offset; they go to
+    /// guest memory.
+    PortInString {
+        io: crate::exit::io::StringIo,
+        count: u64,
+    },
     /// MMIO read: the VMM put `size` bytes in `mmio.data`; they go to
     /// `dest` as the instruction says.
     MmioRead {
@@ -131,6 +137,8 @@ enum Left {
     ToUser,
     /// An MMIO access to emulate, with interrupts on.
     Mmio(mmio::Fault),
+    /// An INS/OUTS to emulate, with interrupts on.
+    StringIo(exit::io::StringIo),
 }
 
 impl Vcpu {
@@ -224,6 +232,10 @@ impl Vcpu {
                     Emulated::Retry => continue,
                     Emulated::ToUser => return Ok(0),
                 },
+                Left::StringIo(io) => match exit::io::emulate_string(self, &mut st.guest, &io) {
+                    Emulated::Retry => continue,
+                    Emulated::ToUser => return Ok(0),
+                },
             }
         }
     }
@@ -287,6 +299,7 @@ impl Vcpu {
                 }
                 Action::User => break Left::ToUser,
                 Action::Mmio(fault) => break Left::Mmio(fault),
+                Action::StringIo(io) => break Left::StringIo(io),
             }
         };
         guest.fpu.save(host_xcr0);

@@ -85,15 +85,23 @@ impl RunArea {
         self.read(offset_of!(rvmx_run, __bindgen_anon_1))
     }
 
-    pub(crate) fn write_data(&self, bytes: &[u8]) {
-        for (i, &b) in bytes.iter().take(DATA_SIZE).enumerate() {
-            self.write(DATA_OFFSET + i, b);
+    /// Writes `bytes` at `at` in the data section (what does not fit is
+    /// dropped).
+    pub(crate) fn write_data(&self, at: usize, bytes: &[u8]) {
+        for (i, &b) in bytes.iter().enumerate().take(DATA_SIZE.saturating_sub(at)) {
+            self.write(DATA_OFFSET + at + i, b);
         }
     }
 
-    pub(crate) fn read_data(&self, out: &mut [u8]) {
-        for (i, b) in out.iter_mut().take(DATA_SIZE).enumerate() {
-            *b = self.read(DATA_OFFSET + i);
+    /// Reads `out.len()` bytes at `at` in the data section (zeros past its
+    /// end).
+    pub(crate) fn read_data(&self, at: usize, out: &mut [u8]) {
+        for (i, b) in out.iter_mut().enumerate() {
+            *b = if at + i < DATA_SIZE {
+                self.read(DATA_OFFSET + at + i)
+            } else {
+                0
+            };
         }
     }
 

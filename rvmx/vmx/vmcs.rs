@@ -133,6 +133,7 @@ fields!(
         IdtVectoringInfo = 0x4408,
         IdtVectoringErrorCode = 0x440a,
         ExitInstructionLength = 0x440c,
+        ExitInstructionInfo = 0x440e,
     }
 );
 
@@ -181,6 +182,7 @@ fields!(
     /// Natural-width read-only exit information.
     FieldNatRo: u64, ro {
         ExitQualification = 0x6400,
+        GuestLinearAddress = 0x640a,
     }
 );
 

@@ -50,6 +50,10 @@ pub const TESTS: &[Test] = &[
         run: mmio_round_trips,
     },
     Test {
+        name: "rep_ins_outs_across_the_data_area",
+        run: rep_ins_outs_across_the_data_area,
+    },
+    Test {
         name: "readonly_slot_write_is_mmio",
         run: readonly_slot_write_is_mmio,
     },
@@ -695,5 +699,100 @@ fn close_in_any_order_while_running(_: &Ctx) -> TestResult {
         }
         drop(mem);
     }
+    Ok(())
+}
+
+/// The data of the current IO exit, `len` bytes.
+fn io_data(t: &mut TestVm, len: usize) -> Result<Vec<u8>, Outcome> {
+    let io = t.io();
+    t.vcpu
+        .run_data(io.data_offset, len)
+        .map(|d| d.to_vec())
+        .ok_or_else(|| {
+            Outcome::Fail(format!(
+                "data offset {} + {len} outside the run area",
+                io.data_offset
+            ))
+        })
+}
+
+fn expect_io(t: &mut TestVm, port: u16, size: u8, count: u32, out: bool) -> TestResult {
+    t.run_expect(sys::RVMX_EXIT_IO)?;
+    let io = t.io();
+    let dir = if out {
+        sys::RVMX_EXIT_IO_OUT
+    } else {
+        sys::RVMX_EXIT_IO_IN
+    } as u8;
+    ensure!(
+        io.port == port && io.size == size && io.count == count && io.direction == dir,
+        "exit {io:?}, want port {port:#x} size {size} count {count} out {out}"
+    );
+    Ok(())
+}
+
+fn rep_ins_outs_across_the_data_area(_: &Ctx) -> TestResult {
+    let code = [
+        0x48, 0xc7, 0xc6, 0x00, 0x40, 0, 0, // mov rsi, 0x4000
+        0xb9, 0xb8, 0x0b, 0, 0, // mov ecx, 3000
+        0x66, 0xba, 0x80, 0,    // mov dx, 0x80
+        0xfc, // cld
+        0xf3, 0x6e, // rep outsb
+        0x48, 0xc7, 0xc7, 0x00, 0x80, 0, 0, // mov rdi, 0x8000
+        0xb9, 0xdc, 0x05, 0, 0, // mov ecx, 1500
+        0x66, 0xba, 0x82, 0, // mov dx, 0x82
+        0xf3, 0x66, 0x6d, // rep insw
+        0xfd, // std
+        0x48, 0xc7, 0xc6, 0x0c, 0x40, 0, 0, // mov rsi, 0x400c
+        0xb9, 0x04, 0, 0, 0, // mov ecx, 4
+        0x66, 0xba, 0x84, 0, // mov dx, 0x84
+        0xf3, 0x6f, // rep outsd
+        0xfc, // cld
+        0xf4,
+    ];
+    let mut t = TestVm::long_mode(0x20_0000, &code)?;
+    let pattern: Vec<u8> = (0..3000u32).map(|i| (i * 7) as u8).collect();
+    t.mem.write(0x4000, &pattern);
+    expect_io(&mut t, 0x80, 1, 2048, true)?;
+    ensure!(
+        io_data(&mut t, 2048)? == pattern[..2048],
+        "first OUTSB chunk differs from guest memory"
+    );
+    expect_io(&mut t, 0x80, 1, 952, true)?;
+    ensure!(
+        io_data(&mut t, 952)? == pattern[2048..],
+        "second OUTSB chunk differs from guest memory"
+    );
+    let words: Vec<u8> = (0..1500u16).flat_map(|w| w.to_le_bytes()).collect();
+    for (count, range) in [(1024, 0..2048), (476, 2048..3000)] {
+        expect_io(&mut t, 0x82, 2, count, false)?;
+        let io = t.io();
+        if let Some(d) = t.vcpu.run_data(io.data_offset, range.len()) {
+            d.copy_from_slice(&words[range]);
+        }
+    }
+    expect_io(&mut t, 0x84, 4, 4, true)?;
+    let backwards: Vec<u8> = [0xc, 8, 4, 0]
+        .iter()
+        .flat_map(|o| pattern[*o..*o + 4].to_vec())
+        .collect();
+    ensure!(
+        io_data(&mut t, 16)? == backwards,
+        "REP OUTSD with DF=1: elements out of order"
+    );
+    t.run_expect(sys::RVMX_EXIT_HLT)?;
+    let got = t.mem.bytes()[0x8000..0x8000 + 3000].to_vec();
+    ensure!(
+        got == words,
+        "REP INSW did not land in guest memory in order"
+    );
+    let r = t.vcpu.regs().ctx("GET_REGS")?;
+    ensure!(
+        r.rsi == 0x3ffc && r.rdi == 0x8000 + 3000 && r.rcx == 0,
+        "after the string I/O: RSI {:#x} RDI {:#x} RCX {}",
+        r.rsi,
+        r.rdi,
+        r.rcx
+    );
     Ok(())
 }
