@@ -4,6 +4,7 @@
 #   make         build rvmx.ko and the userspace binaries into build/
 #   make check   host unit tests + the selftests inside the lab VM
 #   make demo    boot the lab, load rvmx, print its capability report
+#   make bench   exit round-trip costs on rvmx and on KVM, side by side, in the lab
 #
 # KDIR=<tree> builds rvmx.ko against another Rust-enabled 7.x kernel tree
 # (default: the lab's test kernel, built and cached by scripts/build-kernel);
@@ -17,7 +18,7 @@ TARGET := x86_64-unknown-linux-gnu
 CARGO_STATIC := RUSTC=$(RUSTC) RUSTFLAGS="-C target-feature=+crt-static" \
 	$(CARGO) build --release --locked --target $(TARGET)
 
-.PHONY: all setup module userspace check demo clean
+.PHONY: all setup module userspace check demo bench clean
 
 all: module userspace
 
@@ -31,15 +32,20 @@ module: setup uapi/src/bindings.rs
 	@scripts/build-module
 
 userspace: setup
-	@echo "==> vmmctl, rvmx-selftests (static)"
-	@$(CARGO_STATIC) -p vmmctl -p rvmx-selftests
-	@mkdir -p build/bin && cp target/$(TARGET)/release/vmmctl target/$(TARGET)/release/rvmx-selftests build/bin/
+	@echo "==> vmmctl, rvmx-selftests, rvmx-bench (static)"
+	@$(CARGO_STATIC) -p vmmctl -p rvmx-selftests -p rvmx-bench
+	@mkdir -p build/bin && cp $(addprefix target/$(TARGET)/release/,vmmctl rvmx-selftests rvmx-bench) build/bin/
 
 check: all
 	@scripts/check
 
 demo: all
 	@scripts/lab run --cpus 2 -- 'modprobe rvmx && dmesg | grep rvmx: && vmmctl info'
+
+# One Bochs CPU, as the reference figures in docs/design.md. rvmx and
+# kvm_intel cannot both hold VMX, so they take turns.
+bench: all
+	@scripts/lab run --cpus 1 --quiet -- 'modprobe rvmx && rvmx-bench run rvmx >/tmp/rvmx && rmmod rvmx && modprobe kvm_intel && rvmx-bench run kvm >/tmp/kvm && rvmx-bench table /tmp/rvmx /tmp/kvm'
 
 clean:
 	rm -rf build target rvmx.ko rvmx.mod* rvmx.o rvmx/*.o rvmx/.*.cmd .*.cmd modules.order Module.symvers

@@ -22,6 +22,10 @@ pub const TESTS: &[Test] = &[
         run: real_mode_out_hlt,
     },
     Test {
+        name: "protected_mode_out",
+        run: protected_mode_out,
+    },
+    Test {
         name: "long_mode_cpuid_vmcall",
         run: long_mode_cpuid_vmcall,
     },
@@ -793,6 +797,31 @@ fn rep_ins_outs_across_the_data_area(_: &Ctx) -> TestResult {
         r.rsi,
         r.rdi,
         r.rcx
+    );
+    Ok(())
+}
+
+fn protected_mode_out(_: &Ctx) -> TestResult {
+    // 32-bit flat code: mov eax, 0x12345678; out 0x10, eax; hlt
+    let code = [0xb8, 0x78, 0x56, 0x34, 0x12, 0xe7, 0x10, 0xf4];
+    let mut t = TestVm::new(0x10000)?;
+    t.mem.write(CODE as usize, &code);
+    let s = labguest::protected_mode(t.vcpu.sregs().ctx("GET_SREGS")?);
+    t.vcpu.set_sregs(&s).ctx("SET_SREGS")?;
+    let mut r = t.vcpu.regs().ctx("GET_REGS")?;
+    (r.rip, r.rsp, r.rflags) = (CODE, 0x8000, 2);
+    t.vcpu.set_regs(&r).ctx("SET_REGS")?;
+    expect_io(&mut t, 0x10, 4, 1, true)?;
+    ensure!(
+        io_data(&mut t, 4)? == 0x1234_5678u32.to_le_bytes(),
+        "32-bit OUT data"
+    );
+    t.run_expect(sys::RVMX_EXIT_HLT)?;
+    let s = t.vcpu.sregs().ctx("GET_SREGS")?;
+    ensure!(
+        s.cr0 & 1 == 1 && s.cs.db == 1,
+        "left protected mode: CR0 {:#x}",
+        s.cr0
     );
     Ok(())
 }
