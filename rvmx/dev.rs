@@ -22,11 +22,12 @@ pub(crate) struct RvmxFile {
 }
 
 /// The ioctls `/dev/rvmx` answers.
-const DEV_IOCTLS: [u32; 4] = [
+const DEV_IOCTLS: [u32; 5] = [
     uapi::RVMX_GET_API_VERSION,
     uapi::RVMX_GET_VMX_CAPS,
     uapi::RVMX_CREATE_VM,
     uapi::RVMX_GET_VCPU_MMAP_SIZE,
+    uapi::RVMX_GET_SUPPORTED_CPUID,
 ];
 
 #[vtable]
@@ -49,6 +50,7 @@ impl MiscDevice for RvmxFile {
             uapi::RVMX_GET_VMX_CAPS => me.get_vmx_caps(arg),
             uapi::RVMX_CREATE_VM => me.create_vm(arg),
             uapi::RVMX_GET_VCPU_MMAP_SIZE => Ok(crate::vcpu::RUN_AREA_SIZE as isize),
+            uapi::RVMX_GET_SUPPORTED_CPUID => crate::vcpu::get_supported_cpuid(arg),
             _ => Err(ioctl::unknown(cmd, &DEV_IOCTLS)),
         }
     }

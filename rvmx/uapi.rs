@@ -8,6 +8,8 @@
     unreachable_pub,
     non_camel_case_types,
     non_upper_case_globals,
+    // bindgen's accessors for `struct rvmx_cpuid`'s flexible array.
+    unsafe_op_in_unsafe_fn,
     clippy::all,
     clippy::undocumented_unsafe_blocks
 )]
@@ -31,5 +33,6 @@ plain_bytes!(
     rvmx_vmx_caps,
     rvmx_userspace_memory_region,
     rvmx_regs,
-    rvmx_sregs
+    rvmx_sregs,
+    rvmx_cpuid_entry
 );

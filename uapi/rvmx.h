@@ -121,6 +121,32 @@ struct rvmx_sregs {
 	__u64 interrupt_bitmap[4];	/* zero: rvmx does not queue interrupts here */
 };
 
+/* ---- CPUID --------------------------------------------------------------- */
+
+#define RVMX_MAX_CPUID_ENTRIES	256
+
+/* struct rvmx_cpuid_entry.flags: the entry applies only to sub-leaf `index`. */
+#define RVMX_CPUID_FLAG_SIGNIFICANT_INDEX	(1u << 0)
+
+/* As KVM's struct kvm_cpuid_entry2. */
+struct rvmx_cpuid_entry {
+	__u32 function;
+	__u32 index;
+	__u32 flags;
+	__u32 eax;
+	__u32 ebx;
+	__u32 ecx;
+	__u32 edx;
+	__u32 padding[3];
+};
+
+/* As KVM's struct kvm_cpuid2: nent entries follow the header. */
+struct rvmx_cpuid {
+	__u32 nent;
+	__u32 padding;
+	struct rvmx_cpuid_entry entries[];
+};
+
 /* ---- The run area: mmap'd from the vCPU fd ------------------------------- */
 
 /* struct rvmx_run.exit_reason (numbers as KVM's KVM_EXIT_*) */
@@ -224,6 +250,7 @@ struct rvmx_run {
 #define RVMX_GET_VMX_CAPS	_IOR(RVMXIO, 0x01, struct rvmx_vmx_caps)
 #define RVMX_CREATE_VM		_IO(RVMXIO, 0x02)
 #define RVMX_GET_VCPU_MMAP_SIZE	_IO(RVMXIO, 0x03)
+#define RVMX_GET_SUPPORTED_CPUID _IOWR(RVMXIO, 0x04, struct rvmx_cpuid)
 
 /* ioctls on a VM fd */
 #define RVMX_SET_USER_MEMORY_REGION _IOW(RVMXIO, 0x10, struct rvmx_userspace_memory_region)
@@ -235,5 +262,6 @@ struct rvmx_run {
 #define RVMX_SET_REGS		_IOW(RVMXIO, 0x22, struct rvmx_regs)
 #define RVMX_GET_SREGS		_IOR(RVMXIO, 0x23, struct rvmx_sregs)
 #define RVMX_SET_SREGS		_IOW(RVMXIO, 0x24, struct rvmx_sregs)
+#define RVMX_SET_CPUID		_IOW(RVMXIO, 0x25, struct rvmx_cpuid)
 
 #endif /* _UAPI_RVMX_H */

@@ -123,7 +123,11 @@ impl Vm {
             OwnedFd::from_raw_fd(ioctl(&vm, nums.create_vcpu, std::ptr::null_mut::<u8>())?)
         };
         if let Hypervisor::Kvm = hv {
-            let mut cpuid = KvmCpuid { nent: 256, padding: 0, entries: [[0; 10]; 256] };
+            let mut cpuid = KvmCpuid {
+                nent: 256,
+                padding: 0,
+                entries: [[0; 10]; 256],
+            };
             ioctl(&dev, KVM_GET_SUPPORTED_CPUID, &mut cpuid)?;
             ioctl(&vcpu, KVM_SET_CPUID2, &mut cpuid)?;
         }

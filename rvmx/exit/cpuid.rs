@@ -50,6 +50,57 @@ pub(crate) fn filter(leaf: u32, _subleaf: u32, host: [u32; 4], vcpu_id: u32) -> 
     }
 }
 
+/// One leaf (and sub-leaf, when `significant`) the guest may be given.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Entry {
+    pub(crate) leaf: u32,
+    pub(crate) subleaf: u32,
+    pub(crate) significant: bool,
+    pub(crate) regs: [u32; 4],
+}
+
+/// The highest basic and extended leaves rvmx enumerates.
+const MAX_BASIC: u32 = 0x1f;
+const MAX_EXTENDED: u32 = 0x8000_0021;
+
+/// Enumerates what rvmx supports (`RVMX_GET_SUPPORTED_CPUID`): every basic
+/// and extended leaf of the host, with the sub-leaves of the leaves that
+/// have them, each filtered as the guest would see it on vCPU 0, and
+/// rvmx's hypervisor leaf.
+pub(crate) fn supported(host: impl Fn(u32, u32) -> [u32; 4], mut emit: impl FnMut(Entry)) {
+    let mut put = |leaf, subleaf, significant| {
+        let regs = filter(leaf, subleaf, host(leaf, subleaf), 0);
+        emit(Entry {
+            leaf,
+            subleaf,
+            significant,
+            regs,
+        });
+    };
+    let max_basic = host(0, 0)[0].min(MAX_BASIC);
+    for leaf in 0..=max_basic {
+        match leaf {
+            // Deterministic cache parameters: until the cache type is 0.
+            4 => (0..8)
+                .take_while(|&s| host(4, s)[0] & 0x1f != 0 || s == 0)
+                .for_each(|s| put(4, s, true)),
+            // Structured features: sub-leaves 0..=EAX of sub-leaf 0.
+            7 => (0..=host(7, 0)[0].min(3)).for_each(|s| put(7, s, true)),
+            // XSAVE: the two main sub-leaves and each component that exists.
+            0xd => (0..64)
+                .filter(|&s| s < 2 || host(0xd, s)[0] != 0)
+                .for_each(|s| put(0xd, s, true)),
+            0xb | 0x1f => put(leaf, 0, true),
+            _ => put(leaf, 0, false),
+        }
+    }
+    put(0x4000_0000, 0, false);
+    let max_ext = host(0x8000_0000, 0)[0].min(MAX_EXTENDED);
+    for leaf in 0x8000_0000..=max_ext {
+        put(leaf, 0, false);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -73,6 +124,35 @@ mod tests {
             .try_into()
             .unwrap();
         assert_eq!(&sig, b"rvmxrvmxrvmx");
+    }
+
+    #[test]
+    fn supported_enumerates_leaves_and_subleaves() {
+        let host = |leaf: u32, sub: u32| match (leaf, sub) {
+            (0, _) => [0xd, 0, 0, 0],
+            (1, _) => [0x506e3, 0, 1 << 5, 0],
+            (4, 0..=2) => [0x21 + sub, 0, 0, 0],
+            (7, 0) => [1, 0, 0, 0],
+            (0xd, 2) => [256, 576, 0, 0],
+            (0x8000_0000, _) => [0x8000_0008, 0, 0, 0],
+            _ => [0; 4],
+        };
+        let mut all = Vec::new();
+        supported(host, |e| all.push(e));
+        let find = |l, s| all.iter().find(|e| e.leaf == l && e.subleaf == s).copied();
+        assert_eq!(
+            find(1, 0).map(|e| e.regs[2] & (1 << 5)),
+            Some(0),
+            "VMX offered"
+        );
+        assert_eq!(all.iter().filter(|e| e.leaf == 4).count(), 3);
+        assert_eq!(all.iter().filter(|e| e.leaf == 7).count(), 2);
+        assert!(find(0xd, 2).is_some() && find(0xd, 3).is_none());
+        assert!(find(0x4000_0000, 0).is_some());
+        assert!(find(0x8000_0008, 0).is_some() && find(0x8000_0009, 0).is_none());
+        assert!(
+            find(7, 1).is_some_and(|e| e.significant) && find(2, 0).is_some_and(|e| !e.significant)
+        );
     }
 
     #[test]

@@ -208,8 +208,7 @@ pub(crate) fn handle(vcpu: &Vcpu, vmcs: &CurrentVmcs<'_>, g: &mut Guest) -> Acti
         }
         Reason::Cpuid => {
             let (leaf, sub) = (g.regs.gpr[RAX] as u32, g.regs.gpr[vcpu::regs::RCX] as u32);
-            let (a, b, c, d) = instr::cpuid(leaf, sub);
-            let out = cpuid::filter(leaf, sub, [a, b, c, d], vcpu.id);
+            let out = g.cpuid.lookup(leaf, sub, vcpu.id);
             for (reg, value) in [RAX, vcpu::regs::RBX, vcpu::regs::RCX, vcpu::regs::RDX]
                 .into_iter()
                 .zip(out)

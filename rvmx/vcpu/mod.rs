@@ -11,6 +11,7 @@
 //! leaving the window. Since the VMCS is cleared at every window exit, the
 //! vCPU thread may run the next window on any CPU.
 
+mod cpuid;
 mod cr;
 mod fpu;
 mod host;
@@ -47,6 +48,7 @@ use crate::{
     },
 };
 
+pub(crate) use cpuid::get_supported as get_supported_cpuid;
 pub(crate) use cr::{guest_cr0, write_cr0, write_cr4, write_efer, EFER_LMA};
 pub(crate) use host::{
     MSR_EFER, MSR_FS_BASE, MSR_GS_BASE, MSR_PAT, MSR_SFMASK, MSR_STAR, MSR_SYSENTER_CS,
@@ -61,7 +63,8 @@ use regs::{rvmx_vmenter, GuestRegs};
 
 pub(crate) const RUN_AREA_SIZE: usize = run_area::SIZE;
 
-const VCPU_IOCTLS: [u32; 5] = [
+const VCPU_IOCTLS: [u32; 6] = [
+    uapi::RVMX_SET_CPUID,
     uapi::RVMX_RUN,
     uapi::RVMX_GET_REGS,
     uapi::RVMX_SET_REGS,
@@ -103,6 +106,7 @@ pub(crate) struct Guest {
     /// debug registers here, away from the host's.
     pub(crate) dr: [u64; 8],
     pub(crate) fpu: GuestFpu,
+    pub(crate) cpuid: cpuid::CpuidTable,
     pub(crate) pending: Pending,
     /// Bytes RIP moves on at the next entry, past an emulated instruction.
     pub(crate) rip_advance: u64,
@@ -167,6 +171,7 @@ impl Vcpu {
             cr8: 0,
             dr: [0, 0, 0, 0, 0, 0, 0xffff_0ff0, 0x400],
             fpu,
+            cpuid: cpuid::CpuidTable::new(),
             pending: Pending::None,
             rip_advance: 0,
             mtrr_def_type: 0,
@@ -370,6 +375,7 @@ impl AnonFile for Vcpu {
             uapi::RVMX_SET_REGS => this.set_regs(arg),
             uapi::RVMX_GET_SREGS => this.get_sregs(arg),
             uapi::RVMX_SET_SREGS => this.set_sregs(arg),
+            uapi::RVMX_SET_CPUID => this.state.lock().guest.cpuid.set(arg).map(|()| 0),
             _ => Err(ioctl::unknown(cmd, &VCPU_IOCTLS)),
         }
     }

@@ -30,6 +30,10 @@ pub const TESTS: &[Test] = &[
         run: long_mode_cpuid_vmcall,
     },
     Test {
+        name: "cpuid_table",
+        run: cpuid_table,
+    },
+    Test {
         name: "port_in_completes",
         run: port_in_completes,
     },
@@ -823,5 +827,114 @@ fn protected_mode_out(_: &Ctx) -> TestResult {
         "left protected mode: CR0 {:#x}",
         s.cr0
     );
+    Ok(())
+}
+
+fn entry(function: u32, index: Option<u32>, regs: [u32; 4]) -> sys::rvmx_cpuid_entry {
+    sys::rvmx_cpuid_entry {
+        function,
+        index: index.unwrap_or(0),
+        flags: if index.is_some() {
+            sys::RVMX_CPUID_FLAG_SIGNIFICANT_INDEX
+        } else {
+            0
+        },
+        eax: regs[0],
+        ebx: regs[1],
+        ecx: regs[2],
+        edx: regs[3],
+        padding: [0; 3],
+    }
+}
+
+fn cpuid_table(_: &Ctx) -> TestResult {
+    let rvmx = Rvmx::open(DEVICE_PATH).ctx("open")?;
+    let supported = rvmx.supported_cpuid().ctx("RVMX_GET_SUPPORTED_CPUID")?;
+    let leaf = |l: u32| supported.iter().find(|e| e.function == l);
+    let l1 = leaf(1).ok_or(Outcome::Fail("no leaf 1 in the supported table".into()))?;
+    ensure!(
+        l1.ecx & (1 << 5) == 0 && l1.ecx & (1 << 31) != 0,
+        "supported leaf 1 ECX {:#x}",
+        l1.ecx
+    );
+    ensure!(
+        leaf(0x4000_0000).is_some_and(|e| e.ebx.to_le_bytes() == *b"rvmx"),
+        "no rvmx signature at 0x40000000"
+    );
+    // Too little room: E2BIG, and nent says how much is needed.
+    let mut small = [0u32; 2 + 10];
+    small[0] = 1;
+    let r = crate::ioctl::raw(
+        &rvmx,
+        sys::RVMX_GET_SUPPORTED_CPUID,
+        small.as_mut_ptr() as usize,
+    );
+    ensure!(
+        r == Err(libc::E2BIG),
+        "GET_SUPPORTED_CPUID with room for 1: {r:?}, want E2BIG"
+    );
+    ensure!(
+        small[0] as usize == supported.len(),
+        "nent after E2BIG {} , want {}",
+        small[0],
+        supported.len()
+    );
+
+    let queries: [(u32, u32); 5] = [(0, 0), (1, 0), (7, 0), (7, 1), (0x99, 0)];
+    let mut code = vec![0xbf, 0x00, 0x50, 0, 0]; // mov edi, 0x5000
+    for (l, sub) in queries {
+        code.push(0xb8);
+        code.extend_from_slice(&l.to_le_bytes());
+        code.push(0xb9);
+        code.extend_from_slice(&sub.to_le_bytes());
+        // cpuid; mov [rdi], eax; mov [rdi+4], ebx; mov [rdi+8], ecx;
+        // mov [rdi+12], edx; add rdi, 16
+        code.extend_from_slice(&[
+            0x0f, 0xa2, 0x89, 0x07, 0x89, 0x5f, 4, 0x89, 0x4f, 8, 0x89, 0x57, 12, 0x48, 0x83, 0xc7,
+            16,
+        ]);
+    }
+    code.push(0xf4);
+    let mut t = TestVm::long_mode(0x20_0000, &code)?;
+    let table = [
+        entry(0, None, [7, 0x6c6c_6548, 0x0021_646c, 0x726f_5720]),
+        entry(1, None, [0x12345, 0x0800, 1 << 31, 0x0789_fbff]),
+        entry(7, Some(0), [1, 0xaaaa, 0, 0]),
+        entry(7, Some(1), [0, 0xbbbb, 0, 0]),
+    ];
+    t.vcpu.set_cpuid(&table).ctx("RVMX_SET_CPUID")?;
+    t.run_expect(sys::RVMX_EXIT_HLT)?;
+    let want: Vec<[u32; 4]> = vec![
+        [7, 0x6c6c_6548, 0x0021_646c, 0x726f_5720],
+        [0x12345, 0x0800, 1 << 31, 0x0789_fbff],
+        [1, 0xaaaa, 0, 0],
+        [0, 0xbbbb, 0, 0],
+        [0, 0, 0, 0],
+    ];
+    for (i, w) in want.iter().enumerate() {
+        let got: Vec<u32> = (0..4)
+            .map(|r| t.mem.read_u64(0x5000 + i * 16 + r * 4) as u32)
+            .collect();
+        ensure!(
+            got == w,
+            "CPUID {:x?}: guest read {got:x?}, the table says {w:x?}",
+            queries[i]
+        );
+    }
+    // The kernel checks nent before reading entries (the safe wrapper
+    // refuses such a table itself, so this goes around it).
+    let mut header = [sys::RVMX_MAX_CPUID_ENTRIES + 1, 0u32];
+    let r = crate::ioctl::raw(&t.vcpu, sys::RVMX_SET_CPUID, header.as_mut_ptr() as usize);
+    ensure!(
+        r == Err(libc::E2BIG),
+        "SET_CPUID with 257 entries: {r:?}, want E2BIG"
+    );
+    let mut bad = entry(0, None, [0; 4]);
+    bad.flags = 2;
+    expect_err(
+        t.vcpu.set_cpuid(&[bad]),
+        libc::EINVAL,
+        "SET_CPUID with an unknown flag",
+    )?;
     Ok(())
 }

@@ -41,7 +41,31 @@ pub struct VcpuFd {
 // serializes the vCPU's ioctls, and `run` is only accessed through `&mut`.
 unsafe impl Send for VcpuFd {}
 
+/// `struct rvmx_cpuid` with room for the most entries rvmx takes.
+#[repr(C)]
+struct CpuidBuf {
+    nent: u32,
+    padding: u32,
+    entries: [sys::rvmx_cpuid_entry; sys::RVMX_MAX_CPUID_ENTRIES as usize],
+}
+
+impl CpuidBuf {
+    fn new(nent: u32) -> Box<Self> {
+        // SAFETY: all-zero is a valid `CpuidBuf` (plain integers).
+        let mut buf: Box<Self> = Box::new(unsafe { std::mem::zeroed() });
+        buf.nent = nent;
+        buf
+    }
+}
+
 impl crate::Rvmx {
+    /// `RVMX_GET_SUPPORTED_CPUID`: the CPUID leaves rvmx can give a guest.
+    pub fn supported_cpuid(&self) -> io::Result<Vec<sys::rvmx_cpuid_entry>> {
+        let mut buf = CpuidBuf::new(sys::RVMX_MAX_CPUID_ENTRIES);
+        ioctl_with(self, sys::RVMX_GET_SUPPORTED_CPUID, &mut *buf)?;
+        Ok(buf.entries[..buf.nent as usize].to_vec())
+    }
+
     /// `RVMX_CREATE_VM`.
     pub fn create_vm(&self) -> io::Result<VmFd> {
         let mmap_size = ioctl_val(self, sys::RVMX_GET_VCPU_MMAP_SIZE, 0)? as usize;
@@ -126,6 +150,16 @@ impl VcpuFd {
     pub fn set_sregs(&self, sregs: &sys::rvmx_sregs) -> io::Result<()> {
         let mut sregs = *sregs;
         ioctl_with(self, sys::RVMX_SET_SREGS, &mut sregs).map(drop)
+    }
+
+    /// `RVMX_SET_CPUID`: the table the guest's CPUID reads from.
+    pub fn set_cpuid(&self, entries: &[sys::rvmx_cpuid_entry]) -> io::Result<()> {
+        if entries.len() > sys::RVMX_MAX_CPUID_ENTRIES as usize {
+            return Err(io::Error::from_raw_os_error(libc::E2BIG));
+        }
+        let mut buf = CpuidBuf::new(entries.len() as u32);
+        buf.entries[..entries.len()].copy_from_slice(entries);
+        ioctl_with(self, sys::RVMX_SET_CPUID, &mut *buf).map(drop)
     }
 
     /// The run area: the last exit, and fields to fill before the next run.
