@@ -5,6 +5,7 @@
 
 pub mod sys {
     #![allow(non_camel_case_types, non_upper_case_globals, dead_code)]
+    #![allow(clippy::missing_safety_doc)]
     include!("bindings.rs");
 }
 
