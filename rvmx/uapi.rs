@@ -34,5 +34,6 @@ plain_bytes!(
     rvmx_userspace_memory_region,
     rvmx_regs,
     rvmx_sregs,
-    rvmx_cpuid_entry
+    rvmx_cpuid_entry,
+    rvmx_msr_entry
 );

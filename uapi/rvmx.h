@@ -147,6 +147,24 @@ struct rvmx_cpuid {
 	struct rvmx_cpuid_entry entries[];
 };
 
+/* ---- MSRs ---------------------------------------------------------------- */
+
+#define RVMX_MAX_MSR_ENTRIES	256
+
+/* As KVM's struct kvm_msr_entry. */
+struct rvmx_msr_entry {
+	__u32 index;
+	__u32 reserved;
+	__u64 data;
+};
+
+/* As KVM's struct kvm_msrs: nmsrs entries follow the header. */
+struct rvmx_msrs {
+	__u32 nmsrs;
+	__u32 pad;
+	struct rvmx_msr_entry entries[];
+};
+
 /* ---- The run area: mmap'd from the vCPU fd ------------------------------- */
 
 /* struct rvmx_run.exit_reason (numbers as KVM's KVM_EXIT_*) */
@@ -263,5 +281,7 @@ struct rvmx_run {
 #define RVMX_GET_SREGS		_IOR(RVMXIO, 0x23, struct rvmx_sregs)
 #define RVMX_SET_SREGS		_IOW(RVMXIO, 0x24, struct rvmx_sregs)
 #define RVMX_SET_CPUID		_IOW(RVMXIO, 0x25, struct rvmx_cpuid)
+#define RVMX_GET_MSRS		_IOWR(RVMXIO, 0x26, struct rvmx_msrs)
+#define RVMX_SET_MSRS		_IOW(RVMXIO, 0x27, struct rvmx_msrs)
 
 #endif /* _UAPI_RVMX_H */

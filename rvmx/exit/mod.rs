@@ -9,7 +9,7 @@ pub(crate) mod decode;
 mod guest_mem;
 pub(crate) mod io;
 pub(crate) mod mmio;
-mod msr;
+pub(crate) mod msr;
 pub(crate) mod pagewalk;
 pub(crate) mod reason;
 

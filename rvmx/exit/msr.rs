@@ -38,7 +38,7 @@ fn valid_pat(pat: u64) -> bool {
     (0..8).all(|i| matches!((pat >> (8 * i)) & 0xff, 0 | 1 | 4..=7))
 }
 
-fn read(vcpu: &Vcpu, vmcs: &CurrentVmcs<'_>, g: &Guest, msr: u32) -> Option<u64> {
+pub(crate) fn read(vcpu: &Vcpu, vmcs: &CurrentVmcs<'_>, g: &Guest, msr: u32) -> Option<u64> {
     if let Some(i) = SWITCHED_MSRS.iter().position(|&m| m == msr) {
         return Some(g.msrs[i]);
     }
@@ -60,7 +60,13 @@ fn read(vcpu: &Vcpu, vmcs: &CurrentVmcs<'_>, g: &Guest, msr: u32) -> Option<u64>
 }
 
 /// Whether the write was accepted; `false` raises #GP.
-fn write(vcpu: &Vcpu, vmcs: &CurrentVmcs<'_>, g: &mut Guest, msr: u32, value: u64) -> bool {
+pub(crate) fn write(
+    vcpu: &Vcpu,
+    vmcs: &CurrentVmcs<'_>,
+    g: &mut Guest,
+    msr: u32,
+    value: u64,
+) -> bool {
     if let Some(i) = SWITCHED_MSRS.iter().position(|&m| m == msr) {
         // STAR and TSC_AUX take any value with the reserved bits clear;
         // the others are addresses or masks the host would fault on if

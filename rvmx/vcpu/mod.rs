@@ -15,6 +15,7 @@ mod cpuid;
 mod cr;
 mod fpu;
 mod host;
+mod msrs;
 pub(crate) mod regs;
 mod reset;
 mod run_area;
@@ -63,7 +64,9 @@ use regs::{rvmx_vmenter, GuestRegs};
 
 pub(crate) const RUN_AREA_SIZE: usize = run_area::SIZE;
 
-const VCPU_IOCTLS: [u32; 6] = [
+const VCPU_IOCTLS: [u32; 8] = [
+    uapi::RVMX_GET_MSRS,
+    uapi::RVMX_SET_MSRS,
     uapi::RVMX_SET_CPUID,
     uapi::RVMX_RUN,
     uapi::RVMX_GET_REGS,
@@ -375,6 +378,8 @@ impl AnonFile for Vcpu {
             uapi::RVMX_SET_REGS => this.set_regs(arg),
             uapi::RVMX_GET_SREGS => this.get_sregs(arg),
             uapi::RVMX_SET_SREGS => this.set_sregs(arg),
+            uapi::RVMX_GET_MSRS => this.get_msrs(arg),
+            uapi::RVMX_SET_MSRS => this.set_msrs(arg),
             uapi::RVMX_SET_CPUID => this.state.lock().guest.cpuid.set(arg).map(|()| 0),
             _ => Err(ioctl::unknown(cmd, &VCPU_IOCTLS)),
         }

@@ -34,6 +34,10 @@ pub const TESTS: &[Test] = &[
         run: cpuid_table,
     },
     Test {
+        name: "msrs",
+        run: msrs,
+    },
+    Test {
         name: "port_in_completes",
         run: port_in_completes,
     },
@@ -936,5 +940,76 @@ fn cpuid_table(_: &Ctx) -> TestResult {
         libc::EINVAL,
         "SET_CPUID with an unknown flag",
     )?;
+    Ok(())
+}
+
+fn msr(index: u32, data: u64) -> sys::rvmx_msr_entry {
+    sys::rvmx_msr_entry {
+        index,
+        reserved: 0,
+        data,
+    }
+}
+
+fn msrs(_: &Ctx) -> TestResult {
+    const LSTAR: u32 = 0xc000_0082;
+    const STAR: u32 = 0xc000_0081;
+    const KERNEL_GS_BASE: u32 = 0xc000_0102;
+    const EFER: u32 = 0xc000_0080;
+    let code = [
+        0xb9, 0x82, 0, 0, 0xc0, // mov ecx, LSTAR
+        0x0f, 0x32, // rdmsr
+        0xe7, 0x10, // out 0x10, eax
+        0x89, 0xd0, // mov eax, edx
+        0xe7, 0x10, // out 0x10, eax
+        0xb9, 0x02, 0x01, 0, 0xc0, // mov ecx, KERNEL_GS_BASE
+        0xb8, 0x34, 0x12, 0, 0, // mov eax, 0x1234
+        0x31, 0xd2, // xor edx, edx
+        0x0f, 0x30, // wrmsr
+        0xf4,
+    ];
+    let mut t = TestVm::long_mode(0x20_0000, &code)?;
+    let lstar = 0xffff_ffff_8100_0000u64;
+    let n = t
+        .vcpu
+        .set_msrs(&[
+            msr(LSTAR, lstar),
+            msr(STAR, 0x0023_0010_0000_0000),
+            msr(0xdead, 0),
+            msr(KERNEL_GS_BASE, 1),
+        ])
+        .ctx("RVMX_SET_MSRS")?;
+    ensure!(
+        n == 2,
+        "SET_MSRS wrote {n} MSRs, want 2 (it must stop at the unknown 0xdead)"
+    );
+    let n = t
+        .vcpu
+        .set_msrs(&[msr(LSTAR, 0x8000_0000_0000_0000)])
+        .ctx("RVMX_SET_MSRS")?;
+    ensure!(n == 0, "SET_MSRS accepted a non-canonical LSTAR");
+    expect_io(&mut t, 0x10, 4, 1, true)?;
+    let lo = u32::from_le_bytes(io_data(&mut t, 4)?.try_into().unwrap_or_default());
+    expect_io(&mut t, 0x10, 4, 1, true)?;
+    let hi = u32::from_le_bytes(io_data(&mut t, 4)?.try_into().unwrap_or_default());
+    let seen = (u64::from(hi) << 32) | u64::from(lo);
+    ensure!(
+        seen == lstar,
+        "the guest read LSTAR {seen:#x}, the VMM set {lstar:#x}"
+    );
+    t.run_expect(sys::RVMX_EXIT_HLT)?;
+    let mut out = [msr(KERNEL_GS_BASE, 0), msr(EFER, 0), msr(0xdead, 7)];
+    let n = t.vcpu.get_msrs(&mut out).ctx("RVMX_GET_MSRS")?;
+    ensure!(n == 2, "GET_MSRS read {n} MSRs, want 2");
+    ensure!(
+        out[0].data == 0x1234,
+        "KERNEL_GS_BASE {:#x} after the guest's WRMSR",
+        out[0].data
+    );
+    ensure!(
+        out[1].data & 0x500 == 0x500,
+        "EFER {:#x} without LME|LMA in long mode",
+        out[1].data
+    );
     Ok(())
 }

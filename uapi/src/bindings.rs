@@ -45,6 +45,7 @@ pub const RVMX_MAX_GPA: u64 = 281474976710656;
 pub const RVMX_MEM_READONLY: u32 = 2;
 pub const RVMX_MAX_CPUID_ENTRIES: u32 = 256;
 pub const RVMX_CPUID_FLAG_SIGNIFICANT_INDEX: u32 = 1;
+pub const RVMX_MAX_MSR_ENTRIES: u32 = 256;
 pub const RVMX_EXIT_UNKNOWN: u32 = 0;
 pub const RVMX_EXIT_IO: u32 = 2;
 pub const RVMX_EXIT_HYPERCALL: u32 = 3;
@@ -73,6 +74,8 @@ pub const RVMX_SET_REGS: u32 = 1083223842;
 pub const RVMX_GET_SREGS: u32 = 2167975715;
 pub const RVMX_SET_SREGS: u32 = 1094233892;
 pub const RVMX_SET_CPUID: u32 = 1074310949;
+pub const RVMX_GET_MSRS: u32 = 3221794598;
+pub const RVMX_SET_MSRS: u32 = 1074310951;
 pub type __u8 = core::ffi::c_uchar;
 pub type __u16 = core::ffi::c_ushort;
 pub type __u32 = core::ffi::c_uint;
@@ -490,6 +493,48 @@ const _: () = {
     [
         "Offset of field: rvmx_cpuid::entries",
     ][::core::mem::offset_of!(rvmx_cpuid, entries) - 8usize];
+};
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct rvmx_msr_entry {
+    pub index: __u32,
+    pub reserved: __u32,
+    pub data: __u64,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of rvmx_msr_entry"][::core::mem::size_of::<rvmx_msr_entry>() - 16usize];
+    ["Alignment of rvmx_msr_entry"][::core::mem::align_of::<rvmx_msr_entry>() - 8usize];
+    [
+        "Offset of field: rvmx_msr_entry::index",
+    ][::core::mem::offset_of!(rvmx_msr_entry, index) - 0usize];
+    [
+        "Offset of field: rvmx_msr_entry::reserved",
+    ][::core::mem::offset_of!(rvmx_msr_entry, reserved) - 4usize];
+    [
+        "Offset of field: rvmx_msr_entry::data",
+    ][::core::mem::offset_of!(rvmx_msr_entry, data) - 8usize];
+};
+#[repr(C)]
+#[derive(Debug)]
+pub struct rvmx_msrs {
+    pub nmsrs: __u32,
+    pub pad: __u32,
+    pub entries: __IncompleteArrayField<rvmx_msr_entry>,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of rvmx_msrs"][::core::mem::size_of::<rvmx_msrs>() - 8usize];
+    ["Alignment of rvmx_msrs"][::core::mem::align_of::<rvmx_msrs>() - 8usize];
+    [
+        "Offset of field: rvmx_msrs::nmsrs",
+    ][::core::mem::offset_of!(rvmx_msrs, nmsrs) - 0usize];
+    [
+        "Offset of field: rvmx_msrs::pad",
+    ][::core::mem::offset_of!(rvmx_msrs, pad) - 4usize];
+    [
+        "Offset of field: rvmx_msrs::entries",
+    ][::core::mem::offset_of!(rvmx_msrs, entries) - 8usize];
 };
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]

@@ -58,6 +58,27 @@ impl CpuidBuf {
     }
 }
 
+/// `struct rvmx_msrs` with room for the most entries rvmx takes.
+#[repr(C)]
+struct MsrBuf {
+    nmsrs: u32,
+    pad: u32,
+    entries: [sys::rvmx_msr_entry; sys::RVMX_MAX_MSR_ENTRIES as usize],
+}
+
+impl MsrBuf {
+    fn new(entries: &[sys::rvmx_msr_entry]) -> io::Result<Box<Self>> {
+        if entries.len() > sys::RVMX_MAX_MSR_ENTRIES as usize {
+            return Err(io::Error::from_raw_os_error(libc::E2BIG));
+        }
+        // SAFETY: all-zero is a valid `MsrBuf` (plain integers).
+        let mut buf: Box<Self> = Box::new(unsafe { std::mem::zeroed() });
+        buf.nmsrs = entries.len() as u32;
+        buf.entries[..entries.len()].copy_from_slice(entries);
+        Ok(buf)
+    }
+}
+
 impl crate::Rvmx {
     /// `RVMX_GET_SUPPORTED_CPUID`: the CPUID leaves rvmx can give a guest.
     pub fn supported_cpuid(&self) -> io::Result<Vec<sys::rvmx_cpuid_entry>> {
@@ -160,6 +181,22 @@ impl VcpuFd {
         let mut buf = CpuidBuf::new(entries.len() as u32);
         buf.entries[..entries.len()].copy_from_slice(entries);
         ioctl_with(self, sys::RVMX_SET_CPUID, &mut *buf).map(drop)
+    }
+
+    /// `RVMX_GET_MSRS`: fills in `data` of each entry; returns how many
+    /// were read (it stops at the first MSR rvmx does not virtualize).
+    pub fn get_msrs(&self, entries: &mut [sys::rvmx_msr_entry]) -> io::Result<usize> {
+        let mut buf = MsrBuf::new(entries)?;
+        let n = ioctl_with(self, sys::RVMX_GET_MSRS, &mut *buf)? as usize;
+        entries[..n].copy_from_slice(&buf.entries[..n]);
+        Ok(n)
+    }
+
+    /// `RVMX_SET_MSRS`: returns how many were written (it stops at the
+    /// first MSR or value rvmx refuses).
+    pub fn set_msrs(&self, entries: &[sys::rvmx_msr_entry]) -> io::Result<usize> {
+        let mut buf = MsrBuf::new(entries)?;
+        Ok(ioctl_with(self, sys::RVMX_SET_MSRS, &mut *buf)? as usize)
     }
 
     /// The run area: the last exit, and fields to fill before the next run.
