@@ -20,7 +20,11 @@ use crate::{
     vmx::{controls::Controls, host::VmxHost},
 };
 
-const VM_IOCTLS: [u32; 2] = [uapi::RVMX_SET_USER_MEMORY_REGION, uapi::RVMX_CREATE_VCPU];
+const VM_IOCTLS: [u32; 3] = [
+    uapi::RVMX_SET_USER_MEMORY_REGION,
+    uapi::RVMX_CREATE_VCPU,
+    uapi::RVMX_SET_USER_MSR_EXITS,
+];
 
 #[pin_data]
 pub(crate) struct Vm {
@@ -37,6 +41,9 @@ pub(crate) struct Vm {
     /// Guest memory. Lock order: a vCPU's state lock, then this.
     #[pin]
     pub(crate) mem: Mutex<Memory>,
+    /// Whether accesses to MSRs rvmx does not virtualize exit to user space
+    /// (`RVMX_SET_USER_MSR_EXITS`) instead of raising #GP.
+    user_msr_exits: Atomic<u32>,
     /// vCPU ids in use (bit per id).
     #[pin]
     vcpu_ids: Mutex<u32>,
@@ -65,6 +72,7 @@ impl Vm {
                 mm: current_mm(),
                 eptp,
                 ept_generation: Atomic::new(0),
+                user_msr_exits: Atomic::new(0),
                 mem <- new_mutex!(memory),
                 vcpu_ids <- new_mutex!(0),
             }),
@@ -121,6 +129,19 @@ impl Vm {
         Ok(result? as isize)
     }
 
+    pub(crate) fn user_msr_exits(&self) -> bool {
+        self.user_msr_exits.load(Relaxed) != 0
+    }
+
+    fn set_user_msr_exits(&self, reasons: usize) -> Result<isize> {
+        let unknown = uapi::RVMX_MSR_EXIT_REASON_UNKNOWN as usize;
+        if reasons & !unknown != 0 {
+            return Err(EINVAL);
+        }
+        self.user_msr_exits.store(u32::from(reasons != 0), Relaxed);
+        Ok(0)
+    }
+
     /// Frees a vCPU id when its vCPU goes.
     pub(crate) fn release_vcpu_id(&self, id: u32) {
         *self.vcpu_ids.lock() &= !(1 << id);
@@ -136,6 +157,7 @@ impl AnonFile for Vm {
         match cmd {
             uapi::RVMX_SET_USER_MEMORY_REGION => this.set_user_memory_region(arg),
             uapi::RVMX_CREATE_VCPU => Self::create_vcpu(this, arg),
+            uapi::RVMX_SET_USER_MSR_EXITS => this.set_user_msr_exits(arg),
             _ => Err(ioctl::unknown(cmd, &VM_IOCTLS)),
         }
     }

@@ -177,6 +177,8 @@ struct rvmx_msrs {
 #define RVMX_EXIT_FAIL_ENTRY		9
 #define RVMX_EXIT_INTR			10
 #define RVMX_EXIT_INTERNAL_ERROR	17
+#define RVMX_EXIT_X86_RDMSR		29
+#define RVMX_EXIT_X86_WRMSR		30
 
 #define RVMX_EXIT_IO_IN		0
 #define RVMX_EXIT_IO_OUT	1
@@ -222,6 +224,19 @@ struct rvmx_exit_hypercall {
 	__u64 flags;
 };
 
+/* RVMX_EXIT_X86_RDMSR/WRMSR: set error to 1 to raise #GP in the guest;
+ * for RDMSR put the value in data. */
+struct rvmx_exit_msr {
+	__u8 error;
+	__u8 pad[7];
+	__u32 reason;	/* RVMX_MSR_EXIT_REASON_UNKNOWN */
+	__u32 index;
+	__u64 data;
+};
+
+/* struct rvmx_exit_msr.reason: an MSR rvmx does not virtualize. */
+#define RVMX_MSR_EXIT_REASON_UNKNOWN	(1u << 1)
+
 struct rvmx_exit_internal {
 	__u32 suberror;
 	__u32 ndata;
@@ -257,6 +272,8 @@ struct rvmx_run {
 		struct rvmx_exit_hypercall hypercall;
 		/* RVMX_EXIT_INTERNAL_ERROR */
 		struct rvmx_exit_internal internal;
+		/* RVMX_EXIT_X86_RDMSR, RVMX_EXIT_X86_WRMSR */
+		struct rvmx_exit_msr msr;
 		char padding[256];
 	};
 };
@@ -273,6 +290,9 @@ struct rvmx_run {
 /* ioctls on a VM fd */
 #define RVMX_SET_USER_MEMORY_REGION _IOW(RVMXIO, 0x10, struct rvmx_userspace_memory_region)
 #define RVMX_CREATE_VCPU	_IO(RVMXIO, 0x11)
+/* Argument: RVMX_MSR_EXIT_REASON_UNKNOWN to send RDMSR/WRMSR of MSRs rvmx
+ * does not virtualize to user space instead of raising #GP; 0 to stop. */
+#define RVMX_SET_USER_MSR_EXITS	_IO(RVMXIO, 0x12)
 
 /* ioctls on a vCPU fd */
 #define RVMX_RUN		_IO(RVMXIO, 0x20)

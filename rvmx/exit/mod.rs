@@ -348,6 +348,7 @@ pub(crate) fn complete_pending(vcpu: &Vcpu, g: &mut Guest) {
             dest,
             dest_bytes,
         } => mmio::complete_load(vcpu, g, size, dest, dest_bytes),
+        Pending::UserMsr { write, insn_len } => msr::complete_user(vcpu, g, write, insn_len),
         Pending::Hypercall => {
             let call: uapi::rvmx_exit_hypercall = vcpu.run.exit_details();
             g.regs.gpr[RAX] = call.ret;

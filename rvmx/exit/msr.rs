@@ -4,15 +4,16 @@
 //! guest, as on a processor without that MSR.
 
 use crate::{
+    uapi,
     vcpu::{
         self,
         regs::{RAX, RCX, RDX},
-        Guest, Vcpu, MSR_EFER, MSR_FS_BASE, MSR_GS_BASE, MSR_PAT, MSR_SYSENTER_CS,
+        Guest, Pending, Vcpu, MSR_EFER, MSR_FS_BASE, MSR_GS_BASE, MSR_PAT, MSR_SYSENTER_CS,
         MSR_SYSENTER_EIP, MSR_SYSENTER_ESP, SWITCHED_MSRS,
     },
     vmx::{
         current::CurrentVmcs,
-        vmcs::{Field32, Field64, FieldNat},
+        vmcs::{Field32, Field32Ro, Field64, FieldNat},
     },
 };
 
@@ -57,6 +58,12 @@ pub(crate) fn read(vcpu: &Vcpu, vmcs: &CurrentVmcs<'_>, g: &Guest, msr: u32) -> 
         MSR_MTRR_DEF_TYPE => g.mtrr_def_type,
         _ => return None,
     })
+}
+
+/// Whether rvmx virtualizes `msr` (accesses to others raise #GP, or go to
+/// user space if it asked for them).
+fn known(vcpu: &Vcpu, vmcs: &CurrentVmcs<'_>, g: &Guest, msr: u32) -> bool {
+    read(vcpu, vmcs, g, msr).is_some()
 }
 
 /// Whether the write was accepted; `false` raises #GP.
@@ -115,6 +122,56 @@ pub(crate) fn write(
     true
 }
 
+/// Sends an access to an MSR rvmx does not virtualize to user space, if it
+/// asked for them (`RVMX_SET_USER_MSR_EXITS`); otherwise #GP.
+fn unknown(
+    vcpu: &Vcpu,
+    vmcs: &CurrentVmcs<'_>,
+    g: &mut Guest,
+    msr: u32,
+    write: Option<u64>,
+) -> Action {
+    if !vcpu.vm.user_msr_exits() {
+        return inject_gp(vmcs);
+    }
+    g.pending = Pending::UserMsr {
+        write: write.is_some(),
+        insn_len: u64::from(vmcs.read(Field32Ro::ExitInstructionLength)),
+    };
+    let reason = if write.is_some() {
+        uapi::RVMX_EXIT_X86_WRMSR
+    } else {
+        uapi::RVMX_EXIT_X86_RDMSR
+    };
+    vcpu.run.set_exit(
+        reason,
+        uapi::rvmx_exit_msr {
+            error: 0,
+            pad: [0; 7],
+            reason: uapi::RVMX_MSR_EXIT_REASON_UNKNOWN,
+            index: msr,
+            data: write.unwrap_or(0),
+        },
+    );
+    Action::User
+}
+
+/// Finishes an MSR access user space handled: #GP if it set `error`, else
+/// the value of a read goes to EDX:EAX; either way RIP moves on only if
+/// the access succeeded.
+pub(super) fn complete_user(vcpu: &Vcpu, g: &mut Guest, write: bool, insn_len: u64) {
+    let m: uapi::rvmx_exit_msr = vcpu.run.exit_details();
+    if m.error != 0 {
+        g.inject_gp = true;
+        return;
+    }
+    if !write {
+        g.regs.gpr[RAX] = m.data & 0xffff_ffff;
+        g.regs.gpr[RDX] = m.data >> 32;
+    }
+    g.rip_advance = insn_len;
+}
+
 pub(super) fn rdmsr(vcpu: &Vcpu, vmcs: &CurrentVmcs<'_>, g: &mut Guest) -> Action {
     let msr = g.regs.gpr[RCX] as u32;
     match read(vcpu, vmcs, g, msr) {
@@ -124,13 +181,16 @@ pub(super) fn rdmsr(vcpu: &Vcpu, vmcs: &CurrentVmcs<'_>, g: &mut Guest) -> Actio
             skip_instruction(vmcs);
             Action::Resume
         }
-        None => inject_gp(vmcs),
+        None => unknown(vcpu, vmcs, g, msr, None),
     }
 }
 
 pub(super) fn wrmsr(vcpu: &Vcpu, vmcs: &CurrentVmcs<'_>, g: &mut Guest) -> Action {
     let r = &g.regs.gpr;
     let (msr, value) = (r[RCX] as u32, (r[RDX] << 32) | (r[RAX] & 0xffff_ffff));
+    if !known(vcpu, vmcs, g, msr) {
+        return unknown(vcpu, vmcs, g, msr, Some(value));
+    }
     if write(vcpu, vmcs, g, msr, value) {
         skip_instruction(vmcs);
         Action::Resume

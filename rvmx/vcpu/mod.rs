@@ -97,6 +97,8 @@ pub(crate) enum Pending {
     },
     /// VMCALL: the VMM's `hypercall.ret` goes to RAX.
     Hypercall,
+    /// RDMSR/WRMSR of an MSR rvmx does not virtualize, handled by the VMM.
+    UserMsr { write: bool, insn_len: u64 },
 }
 
 /// Everything about the guest that is not in the VMCS.
@@ -113,6 +115,8 @@ pub(crate) struct Guest {
     pub(crate) pending: Pending,
     /// Bytes RIP moves on at the next entry, past an emulated instruction.
     pub(crate) rip_advance: u64,
+    /// Raise #GP at the next entry (the VMM refused an MSR access).
+    pub(crate) inject_gp: bool,
     pub(crate) mtrr_def_type: u64,
 }
 
@@ -177,6 +181,7 @@ impl Vcpu {
             cpuid: cpuid::CpuidTable::new(),
             pending: Pending::None,
             rip_advance: 0,
+            inject_gp: false,
             mtrr_def_type: 0,
         };
         let state = State {
@@ -261,6 +266,9 @@ impl Vcpu {
             st.initialized = true;
         }
         mmio::advance_rip(&vmcs, guest);
+        if core::mem::take(&mut guest.inject_gp) {
+            exit::inject_gp(&vmcs);
+        }
         if self.vm.controls.uses_preemption_timer() {
             vmcs.write(Field32::PreemptionTimerValue, self.vm.host.preemption_ticks);
         }

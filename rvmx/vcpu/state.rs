@@ -66,6 +66,7 @@ pub(super) fn set_regs(vmcs: &CurrentVmcs<'_>, g: &mut Guest, v: &rvmx_regs) {
     // New registers replace whatever an exit left to complete.
     g.pending = super::Pending::None;
     g.rip_advance = 0;
+    g.inject_gp = false;
 }
 
 fn get_segment(vmcs: &CurrentVmcs<'_>, seg: Seg) -> rvmx_segment {

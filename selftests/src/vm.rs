@@ -38,6 +38,10 @@ pub const TESTS: &[Test] = &[
         run: msrs,
     },
     Test {
+        name: "unknown_msrs_fault_or_exit_to_user",
+        run: unknown_msrs_fault_or_exit_to_user,
+    },
+    Test {
         name: "port_in_completes",
         run: port_in_completes,
     },
@@ -1012,4 +1016,56 @@ fn msrs(_: &Ctx) -> TestResult {
         out[1].data
     );
     Ok(())
+}
+
+fn unknown_msrs_fault_or_exit_to_user(_: &Ctx) -> TestResult {
+    let code = [
+        0xb9, 0x34, 0x12, 0, 0, // mov ecx, 0x1234
+        0x0f, 0x32, // rdmsr
+        0xe7, 0x10, // out 0x10, eax
+        0xb9, 0x35, 0x12, 0, 0, // mov ecx, 0x1235
+        0xb8, 5, 0, 0, 0, // mov eax, 5
+        0x31, 0xd2, // xor edx, edx
+        0x0f, 0x30, // wrmsr
+        0xb9, 0x36, 0x12, 0, 0, // mov ecx, 0x1236
+        0x0f, 0x32, // rdmsr
+        0xf4,
+    ];
+    // By default an unknown MSR raises #GP; with no IDT that is a triple
+    // fault.
+    let mut t = TestVm::long_mode(0x20_0000, &code)?;
+    t.run_expect(sys::RVMX_EXIT_SHUTDOWN)?;
+
+    let mut t = TestVm::long_mode(0x20_0000, &code)?;
+    expect_err(
+        crate::ioctl::raw(&t.vm, sys::RVMX_SET_USER_MSR_EXITS, 1)
+            .map_err(std::io::Error::from_raw_os_error),
+        libc::EINVAL,
+        "SET_USER_MSR_EXITS with an unknown reason",
+    )?;
+    t.vm.set_user_msr_exits(true)
+        .ctx("RVMX_SET_USER_MSR_EXITS")?;
+    let msr_exit = |t: &mut TestVm| {
+        // SAFETY: callers check the exit reason first.
+        unsafe { t.vcpu.run_area().__bindgen_anon_1.msr }
+    };
+    t.run_expect(sys::RVMX_EXIT_X86_RDMSR)?;
+    let m = msr_exit(&mut t);
+    ensure!(
+        m.index == 0x1234 && m.reason == sys::RVMX_MSR_EXIT_REASON_UNKNOWN,
+        "RDMSR exit {m:?}"
+    );
+    t.vcpu.run_area().__bindgen_anon_1.msr.data = 0xabcd;
+    expect_io(&mut t, 0x10, 4, 1, true)?;
+    ensure!(
+        io_data(&mut t, 4)? == 0xabcdu32.to_le_bytes(),
+        "the guest did not read the VMM's MSR value"
+    );
+    t.run_expect(sys::RVMX_EXIT_X86_WRMSR)?;
+    let m = msr_exit(&mut t);
+    ensure!(m.index == 0x1235 && m.data == 5, "WRMSR exit {m:?}");
+    t.run_expect(sys::RVMX_EXIT_X86_RDMSR)?;
+    // The VMM refuses this one: #GP, and with no IDT a triple fault.
+    t.vcpu.run_area().__bindgen_anon_1.msr.error = 1;
+    t.run_expect(sys::RVMX_EXIT_SHUTDOWN)
 }

@@ -55,12 +55,15 @@ pub const RVMX_EXIT_SHUTDOWN: u32 = 8;
 pub const RVMX_EXIT_FAIL_ENTRY: u32 = 9;
 pub const RVMX_EXIT_INTR: u32 = 10;
 pub const RVMX_EXIT_INTERNAL_ERROR: u32 = 17;
+pub const RVMX_EXIT_X86_RDMSR: u32 = 29;
+pub const RVMX_EXIT_X86_WRMSR: u32 = 30;
 pub const RVMX_EXIT_IO_IN: u32 = 0;
 pub const RVMX_EXIT_IO_OUT: u32 = 1;
 pub const RVMX_INTERNAL_ERROR_UNHANDLED_EXIT: u32 = 1;
 pub const RVMX_INTERNAL_ERROR_EMULATION: u32 = 2;
 pub const RVMX_RUN_DATA_OFFSET: u32 = 2048;
 pub const RVMX_RUN_DATA_SIZE: u32 = 2048;
+pub const RVMX_MSR_EXIT_REASON_UNKNOWN: u32 = 2;
 pub const RVMX_GET_API_VERSION: u32 = 44800;
 pub const RVMX_GET_VMX_CAPS: u32 = 2159062785;
 pub const RVMX_CREATE_VM: u32 = 44802;
@@ -68,6 +71,7 @@ pub const RVMX_GET_VCPU_MMAP_SIZE: u32 = 44803;
 pub const RVMX_GET_SUPPORTED_CPUID: u32 = 3221794564;
 pub const RVMX_SET_USER_MEMORY_REGION: u32 = 1075883792;
 pub const RVMX_CREATE_VCPU: u32 = 44817;
+pub const RVMX_SET_USER_MSR_EXITS: u32 = 44818;
 pub const RVMX_RUN: u32 = 44832;
 pub const RVMX_GET_REGS: u32 = 2156965665;
 pub const RVMX_SET_REGS: u32 = 1083223842;
@@ -656,6 +660,35 @@ const _: () = {
 };
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
+pub struct rvmx_exit_msr {
+    pub error: __u8,
+    pub pad: [__u8; 7usize],
+    pub reason: __u32,
+    pub index: __u32,
+    pub data: __u64,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of rvmx_exit_msr"][::core::mem::size_of::<rvmx_exit_msr>() - 24usize];
+    ["Alignment of rvmx_exit_msr"][::core::mem::align_of::<rvmx_exit_msr>() - 8usize];
+    [
+        "Offset of field: rvmx_exit_msr::error",
+    ][::core::mem::offset_of!(rvmx_exit_msr, error) - 0usize];
+    [
+        "Offset of field: rvmx_exit_msr::pad",
+    ][::core::mem::offset_of!(rvmx_exit_msr, pad) - 1usize];
+    [
+        "Offset of field: rvmx_exit_msr::reason",
+    ][::core::mem::offset_of!(rvmx_exit_msr, reason) - 8usize];
+    [
+        "Offset of field: rvmx_exit_msr::index",
+    ][::core::mem::offset_of!(rvmx_exit_msr, index) - 12usize];
+    [
+        "Offset of field: rvmx_exit_msr::data",
+    ][::core::mem::offset_of!(rvmx_exit_msr, data) - 16usize];
+};
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
 pub struct rvmx_exit_internal {
     pub suberror: __u32,
     pub ndata: __u32,
@@ -702,6 +735,7 @@ pub union rvmx_run__bindgen_ty_1 {
     pub mmio: rvmx_exit_mmio,
     pub hypercall: rvmx_exit_hypercall,
     pub internal: rvmx_exit_internal,
+    pub msr: rvmx_exit_msr,
     pub padding: [core::ffi::c_char; 256usize],
 }
 #[allow(clippy::unnecessary_operation, clippy::identity_op)]
@@ -730,6 +764,9 @@ const _: () = {
     [
         "Offset of field: rvmx_run__bindgen_ty_1::internal",
     ][::core::mem::offset_of!(rvmx_run__bindgen_ty_1, internal) - 0usize];
+    [
+        "Offset of field: rvmx_run__bindgen_ty_1::msr",
+    ][::core::mem::offset_of!(rvmx_run__bindgen_ty_1, msr) - 0usize];
     [
         "Offset of field: rvmx_run__bindgen_ty_1::padding",
     ][::core::mem::offset_of!(rvmx_run__bindgen_ty_1, padding) - 0usize];

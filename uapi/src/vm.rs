@@ -114,6 +114,18 @@ impl VmFd {
         ioctl_with(self, sys::RVMX_SET_USER_MEMORY_REGION, &mut region).map(drop)
     }
 
+    /// `RVMX_SET_USER_MSR_EXITS`: whether RDMSR/WRMSR of MSRs rvmx does not
+    /// virtualize exit to user space (`RVMX_EXIT_X86_RDMSR/WRMSR`) instead
+    /// of raising #GP in the guest.
+    pub fn set_user_msr_exits(&self, on: bool) -> io::Result<()> {
+        let reasons = if on {
+            sys::RVMX_MSR_EXIT_REASON_UNKNOWN
+        } else {
+            0
+        };
+        ioctl_val(self, sys::RVMX_SET_USER_MSR_EXITS, reasons as usize).map(drop)
+    }
+
     /// `RVMX_CREATE_VCPU` and the mapping of its run area.
     pub fn create_vcpu(&self, id: u32) -> io::Result<VcpuFd> {
         let fd = ioctl_val(self, sys::RVMX_CREATE_VCPU, id as usize)?;
