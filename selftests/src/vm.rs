@@ -189,32 +189,11 @@ fn real_mode_out_hlt(_: &Ctx) -> TestResult {
         0xb0, 0x42, 0xe6, 0x10, 0xba, 0xf8, 0x03, 0xb8, 0x34, 0x12, 0x66, 0xef, 0xf4,
     ];
     let mut t = TestVm::real_mode(0x10000, &code)?;
-    t.run_expect(sys::RVMX_EXIT_IO)?;
-    let io = t.io();
-    ensure!(
-        io.direction == sys::RVMX_EXIT_IO_OUT as u8
-            && io.port == 0x10
-            && io.size == 1
-            && io.count == 1,
-        "first exit: {io:?}"
-    );
-    let data = t
-        .vcpu
-        .run_data(io.data_offset, 1)
-        .ok_or(Outcome::Fail("data offset out of range".into()))?[0];
-    ensure!(data == 0x42, "OUT data {data:#x}, want 0x42");
-    t.run_expect(sys::RVMX_EXIT_IO)?;
-    let io = t.io();
-    ensure!(
-        io.port == 0x3f8 && io.size == 4,
-        "second exit (32-bit OUT): {io:?}"
-    );
-    let data = t
-        .vcpu
-        .run_data(io.data_offset, 4)
-        .unwrap_or_default()
-        .to_vec();
-    ensure!(data == [0x34, 0x12, 0, 0], "OUT data {data:x?}");
+    expect_io(&mut t, 0x10, 1, 1, true)?;
+    ensure!(io_data(&mut t, 1)? == [0x42], "OUT data, want 0x42");
+    // 66 ef in real mode: a 32-bit OUT.
+    expect_io(&mut t, 0x3f8, 4, 1, true)?;
+    ensure!(io_data(&mut t, 4)? == [0x34, 0x12, 0, 0], "32-bit OUT data");
     t.run_expect(sys::RVMX_EXIT_HLT)?;
     let rip = t.vcpu.regs().ctx("GET_REGS")?.rip;
     ensure!(rip == CODE + code.len() as u64, "RIP after HLT {rip:#x}");
@@ -270,26 +249,16 @@ fn port_in_completes(_: &Ctx) -> TestResult {
         0x66, 0xb8, 0xff, 0xff, 0xff, 0xff, 0xe4, 0x60, 0xba, 0x71, 0, 0xed, 0xf4,
     ];
     let mut t = TestVm::real_mode(0x10000, &code)?;
-    t.run_expect(sys::RVMX_EXIT_IO)?;
-    let io = t.io();
-    ensure!(
-        io.direction == sys::RVMX_EXIT_IO_IN as u8 && io.port == 0x60 && io.size == 1,
-        "{io:?}"
-    );
-    if let Some(d) = t.vcpu.run_data(io.data_offset, 1) {
-        d[0] = 0x5a;
-    }
-    t.run_expect(sys::RVMX_EXIT_IO)?;
+    expect_io(&mut t, 0x60, 1, 1, false)?;
+    fill_io(&mut t, &[0x5a]);
+    // Running on completes the first IN.
+    expect_io(&mut t, 0x71, 2, 1, false)?;
     let rax = t.vcpu.regs().ctx("GET_REGS")?.rax;
     ensure!(
         rax == 0xffff_ff5a,
         "RAX after IN AL {rax:#x}, want 0xffffff5a (upper bytes kept)"
     );
-    let io = t.io();
-    ensure!(io.port == 0x71 && io.size == 2, "{io:?}");
-    if let Some(d) = t.vcpu.run_data(io.data_offset, 2) {
-        d.copy_from_slice(&[0x22, 0x11]);
-    }
+    fill_io(&mut t, &[0x22, 0x11]);
     t.run_expect(sys::RVMX_EXIT_HLT)?;
     let rax = t.vcpu.regs().ctx("GET_REGS")?.rax;
     ensure!(
@@ -297,6 +266,14 @@ fn port_in_completes(_: &Ctx) -> TestResult {
         "RAX after IN AX {rax:#x}, want 0xffff1122"
     );
     Ok(())
+}
+
+/// Puts `data` where the current IN exit expects it.
+fn fill_io(t: &mut TestVm, data: &[u8]) {
+    let io = t.io();
+    if let Some(d) = t.vcpu.run_data(io.data_offset, data.len()) {
+        d.copy_from_slice(data);
+    }
 }
 
 fn triple_fault_is_shutdown(_: &Ctx) -> TestResult {
@@ -782,10 +759,7 @@ fn rep_ins_outs_across_the_data_area(_: &Ctx) -> TestResult {
     let words: Vec<u8> = (0..1500u16).flat_map(|w| w.to_le_bytes()).collect();
     for (count, range) in [(1024, 0..2048), (476, 2048..3000)] {
         expect_io(&mut t, 0x82, 2, count, false)?;
-        let io = t.io();
-        if let Some(d) = t.vcpu.run_data(io.data_offset, range.len()) {
-            d.copy_from_slice(&words[range]);
-        }
+        fill_io(&mut t, &words[range]);
     }
     expect_io(&mut t, 0x84, 4, 4, true)?;
     let backwards: Vec<u8> = [0xc, 8, 4, 0]
