@@ -206,12 +206,23 @@ impl Vcpu {
     ) -> Result<R> {
         let _irqs = IrqsOff::new();
         let window = self.open_window()?;
-        let vmcs = CurrentVmcs::load(&window, &mut st.vmcs).map_err(|_| EIO)?;
-        if !st.initialized {
-            reset::program(self, &vmcs);
-            st.initialized = true;
-        }
+        let vmcs = self.load_vmcs(&window, &mut st.vmcs, &mut st.initialized)?;
         Ok(f(self, &vmcs, &mut st.guest))
+    }
+
+    /// Makes the VMCS current in `window`, programming it the first time.
+    fn load_vmcs<'w>(
+        &self,
+        window: &'w RootWindow,
+        region: &'w mut PageBuf,
+        initialized: &mut bool,
+    ) -> Result<CurrentVmcs<'w>> {
+        let vmcs = CurrentVmcs::load(window, region).map_err(|_| EIO)?;
+        if !*initialized {
+            reset::program(self, &vmcs);
+            *initialized = true;
+        }
+        Ok(vmcs)
     }
 
     /// Opens the VMX window on this CPU. Interrupts must be off (the
@@ -259,12 +270,8 @@ impl Vcpu {
         let _fpu = KernelFpu::begin();
         let irqs = IrqsOff::new();
         let window = self.open_window()?;
-        let vmcs = CurrentVmcs::load(&window, &mut st.vmcs).map_err(|_| EIO)?;
+        let vmcs = self.load_vmcs(&window, &mut st.vmcs, &mut st.initialized)?;
         let guest = &mut st.guest;
-        if !st.initialized {
-            reset::program(self, &vmcs);
-            st.initialized = true;
-        }
         mmio::advance_rip(&vmcs, guest);
         if core::mem::take(&mut guest.inject_gp) {
             exit::inject_gp(&vmcs);
