@@ -4,6 +4,7 @@
 #   make         build rvmx.ko and the userspace binaries into build/
 #   make check   host unit tests + the selftests inside the lab VM
 #   make demo    boot the lab, load rvmx, print its capability report
+#   make bench   guest boot time and vmmctl's memory, per hypervisor backend
 #
 # KDIR=<tree> builds rvmx.ko against another Rust-enabled 7.x kernel tree
 # (default: the lab's test kernel, built and cached by scripts/build-kernel);
@@ -17,9 +18,9 @@ TARGET := x86_64-unknown-linux-gnu
 CARGO_STATIC := RUSTC=$(RUSTC) RUSTFLAGS="-C target-feature=+crt-static" \
 	$(CARGO) build --release --locked --target $(TARGET)
 
-.PHONY: all setup module userspace check demo clean
+.PHONY: all setup module userspace guest check demo bench clean
 
-all: module userspace
+all: module userspace guest
 
 setup:
 	@scripts/setup
@@ -31,15 +32,23 @@ module: setup uapi/src/bindings.rs
 	@scripts/build-module
 
 userspace: setup
-	@echo "==> vmmctl, rvmx-selftests (static)"
-	@$(CARGO_STATIC) -p vmmctl -p rvmx-selftests
+	@echo "==> vmmctl, rvmx-selftests, guest-init (static)"
+	@$(CARGO_STATIC) -p vmmctl -p rvmx-selftests -p guest-init
 	@mkdir -p build/bin && cp target/$(TARGET)/release/vmmctl target/$(TARGET)/release/rvmx-selftests build/bin/
+
+# What vmmctl's lab tests boot: an initramfs around guest-init, and a
+# multiboot kernel assembled from guest/multiboot/.
+guest: userspace
+	@scripts/build-guest
 
 check: all
 	@scripts/check
 
 demo: all
 	@scripts/lab run --cpus 2 -- 'modprobe rvmx && dmesg | grep rvmx: && vmmctl info'
+
+bench: all
+	@scripts/bench
 
 clean:
 	rm -rf build target rvmx.ko rvmx.mod* rvmx.o rvmx/*.o rvmx/.*.cmd .*.cmd modules.order Module.symvers
