@@ -4,7 +4,8 @@
 //! asks after `--`, and ends the VM the way it was told:
 //!
 //!   cpus=N          the kernel must see N CPUs
-//!   then=ACTION     poweroff (default), reboot, or panic (init exits)
+//!   then=ACTION     poweroff (default), reboot, panic (init exits), or
+//!                   hang (sleep until the VMM stops the VM)
 //!
 //! Every line starts with "guest-init:"; the last is "guest-init: result
 //! ok" or "guest-init: result FAIL <why>".
@@ -35,6 +36,9 @@ fn main() {
         "reboot" => libc::RB_AUTOBOOT,
         // Returning from PID 1 makes the kernel panic.
         "panic" => return,
+        "hang" => loop {
+            std::thread::sleep(Duration::from_secs(3600));
+        },
         _ => libc::RB_POWER_OFF,
     };
     // SAFETY: reboot(2) with a valid command; it does not return on success.

@@ -24,7 +24,6 @@ pub const CMDLINE_MAX: usize = 0x1_0000;
 /// Linux looks for the MP floating pointer in its first KiB.
 pub const EBDA: u64 = 0x9_fc00;
 /// ACPI tables, in the BIOS area where Linux also scans for the RSDP.
-#[allow(dead_code)] // the ACPI tables come next
 pub const ACPI_TABLES: u64 = 0xe_0000;
 /// The first byte above the legacy area: kernels load here.
 pub const HIGH_MEMORY: u64 = 0x10_0000;

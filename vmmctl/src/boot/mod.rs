@@ -1,6 +1,7 @@
 //! Putting a kernel into guest memory and computing the boot vCPU's first
 //! state: a Linux bzImage (64-bit boot protocol) or a multiboot kernel.
 
+pub mod acpi;
 pub mod cpuid;
 pub mod e820;
 mod gdt;
@@ -83,6 +84,7 @@ pub fn load(mem: &GuestMemoryMmap, cfg: &BootConfig<'_>) -> Result<CpuState> {
     let e820 = e820::map(cfg.ram);
     let (gdtr, idtr) = gdt::write(mem)?;
     mptable::write(mem, cfg.cpus)?;
+    let rsdp = acpi::write(mem, cfg.cpus)?;
     let mut state = CpuState {
         gdt: gdtr,
         idt: idtr,
@@ -107,7 +109,7 @@ pub fn load(mem: &GuestMemoryMmap, cfg: &BootConfig<'_>) -> Result<CpuState> {
                     initrd: initrd.as_mut(),
                     e820: &e820,
                     low_ram_end,
-                    acpi_rsdp: None,
+                    acpi_rsdp: Some(rsdp),
                 },
             )?;
             state.cs = gdt::segment(gdt::CODE64);

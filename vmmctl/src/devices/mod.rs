@@ -1,6 +1,7 @@
 //! The VM's port-I/O devices and the bus that routes accesses to them.
 //! The PIC, IOAPIC, local APICs and PIT live in the hypervisor.
 
+mod acpi_pm;
 pub mod debug_exit;
 pub mod i8042;
 mod panic_watch;
@@ -9,6 +10,7 @@ pub mod serial;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::control::{Control, Outcome};
+use acpi_pm::AcpiPm;
 use i8042::{ResetTrigger, I8042};
 use serial::Serial;
 
@@ -18,6 +20,7 @@ const POST_PORT: u16 = 0x80;
 pub struct Devices {
     serial: Mutex<Serial>,
     i8042: Mutex<I8042>,
+    pm: Mutex<AcpiPm>,
     control: Arc<Control>,
 }
 
@@ -32,6 +35,7 @@ impl Devices {
         Self {
             serial: Mutex::new(serial),
             i8042: Mutex::new(I8042::new(ResetTrigger(control.clone()))),
+            pm: Mutex::new(AcpiPm::default()),
             control,
         }
     }
@@ -42,6 +46,10 @@ impl Devices {
             serial::BASE..=0x3ff => lock(&self.serial).read((port - serial::BASE) as u8),
             i8042::DATA_PORT | i8042::COMMAND_PORT => {
                 lock(&self.i8042).read((port - i8042::DATA_PORT) as u8)
+            }
+            p if acpi_pm::claims(p) => {
+                lock(&self.pm).read(port, data);
+                return true;
             }
             _ => return false,
         };
@@ -66,6 +74,11 @@ impl Devices {
             }
             debug_exit::PORT => self.control.finish(debug_exit::write(data)),
             POST_PORT => {}
+            p if acpi_pm::claims(p) => {
+                if let Some(outcome) = lock(&self.pm).write(port, data) {
+                    self.control.finish(outcome);
+                }
+            }
             _ => return false,
         }
         true
@@ -158,6 +171,13 @@ mod tests {
             d.pio_out(0x3f8, &[*b]);
         }
         assert_eq!(control.outcome(), Some(Outcome::GuestPanic));
+    }
+
+    #[test]
+    fn acpi_s5_is_a_power_off() {
+        let (d, control, _, _) = devices();
+        assert!(d.pio_out(0x604, &0x3400u16.to_le_bytes()));
+        assert_eq!(control.outcome(), Some(Outcome::PowerOff));
     }
 
     #[test]
