@@ -21,7 +21,7 @@ pub fn normalize(supported: &[CpuidEntry], id: u8, cpus: u8) -> Vec<CpuidEntry> 
     let core_bits = 32 - (cpus - 1).leading_zeros();
     supported
         .iter()
-        .filter_map(|&e| {
+        .map(|&e| {
             let mut e = e;
             match e.function {
                 LEAF_FEATURES => {
@@ -66,7 +66,7 @@ pub fn normalize(supported: &[CpuidEntry], id: u8, cpus: u8) -> Vec<CpuidEntry> 
                 }
                 _ => {}
             }
-            Some(e)
+            e
         })
         .collect()
 }
@@ -84,7 +84,6 @@ mod tests {
             ebx: 0xffff_ffff,
             ecx: 0,
             edx: EDX_HTT,
-            ..Default::default()
         }
     }
 
