@@ -63,6 +63,7 @@ pub fn run(backend: Backend, args: &RunArgs) -> Result<Outcome> {
     signals::install(&control)?;
     vcpu::install_kick_handler()?;
     let terminal = RawTerminal::enable()?;
+    console::spawn_input(devices.clone(), control.clone())?;
     let started = Instant::now();
     let mut threads = Vec::with_capacity(vcpus.len());
     for (id, v) in (0u8..).zip(vcpus) {
@@ -74,7 +75,6 @@ pub fn run(backend: Backend, args: &RunArgs) -> Result<Outcome> {
             }
         }
     }
-    console::spawn_input(devices.clone(), control.clone())?;
 
     let outcome = wait(&control);
     let stats = vcpu::stop_all(threads);

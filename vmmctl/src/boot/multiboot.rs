@@ -7,7 +7,7 @@ use anyhow::{bail, ensure, Context, Result};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use crate::boot::e820::E820Entry;
-use crate::boot::layout::{CMDLINE, MULTIBOOT_INFO};
+use crate::boot::layout::{CMDLINE, HIGH_MEMORY, MULTIBOOT_INFO};
 
 const HEADER_MAGIC: u32 = 0x1bad_b002;
 /// What the kernel finds in EAX.
@@ -82,6 +82,17 @@ pub fn find_header(image: &[u8]) -> Option<Header> {
     })
 }
 
+/// Below 1 MiB live vmmctl's GDT, page tables, MP and ACPI tables and the
+/// multiboot information; like GRUB, refuse kernels that load there.
+fn check_load_address(addr: u64) -> Result<()> {
+    ensure!(
+        addr >= HIGH_MEMORY,
+        "the multiboot kernel loads at {addr:#x}; vmmctl (like GRUB) loads kernels at 1 MiB \
+         or above only"
+    );
+    Ok(())
+}
+
 /// Copies the kernel into guest memory; returns (entry, end of image).
 pub fn load_kernel(mem: &GuestMemoryMmap, image: &[u8], hdr: &Header) -> Result<(u64, u64)> {
     let unknown = hdr.flags & 0xffff & !KNOWN_REQUIREMENTS;
@@ -114,6 +125,7 @@ fn load_aout(mem: &GuestMemoryMmap, image: &[u8], off: usize, a: [u32; 5]) -> Re
     let bytes = image
         .get(file_start..file_start + len)
         .context("multiboot a.out header points past the end of the file")?;
+    check_load_address(load_addr.into())?;
     mem.write_slice(bytes, GuestAddress(load_addr.into()))
         .context("the multiboot kernel does not fit in guest memory")?;
     let end = u64::from(load_addr) + len as u64;
@@ -153,6 +165,7 @@ fn load_elf32(mem: &GuestMemoryMmap, image: &[u8]) -> Result<(u64, u64)> {
             continue;
         }
         let (offset, paddr, filesz, memsz) = (field(1)?, field(3)?, field(4)?, field(5)?);
+        check_load_address(paddr.into())?;
         let bytes = image
             .get(offset as usize..(offset as usize + filesz as usize))
             .context("an ELF segment runs past the end of the multiboot kernel")?;
@@ -311,6 +324,15 @@ mod tests {
         assert_eq!((entry, end), (0x10_0010, 0x10_2000));
         let b: u8 = mem.read_obj(GuestAddress(0x10_00f0)).unwrap();
         assert_eq!(b, 0xab);
+    }
+
+    #[test]
+    fn kernels_below_1mib_are_refused() {
+        let mem = memory::create(&[(0, 16 << 20)]).unwrap();
+        let mut img = elf32(0);
+        img[52 + 12..52 + 16].copy_from_slice(&0x8000u32.to_le_bytes()); // p_paddr
+        let e = load_kernel(&mem, &img, &find_header(&img).unwrap()).unwrap_err();
+        assert!(e.to_string().contains("at 1 MiB or above"), "{e}");
     }
 
     #[test]

@@ -171,15 +171,16 @@ fn wire_lapic_lints(fd: &VcpuFd) -> Result<()> {
     const NMI: u32 = 0x400;
     let mut lapic = fd.get_lapic().context("KVM_GET_LAPIC")?;
     for (reg, mode) in [(LVT_LINT0, EXTINT), (LVT_LINT1, NMI)] {
-        let bytes: &mut [u8; 4] =
-            (&mut lapic.regs[reg..reg + 4])
-                .try_into()
-                .map(|b: &mut [i8; 4]| {
-                    // SAFETY: [i8; 4] and [u8; 4] have the same layout.
-                    unsafe { &mut *(b as *mut [i8; 4] as *mut [u8; 4]) }
-                })?;
-        let v = u32::from_le_bytes(*bytes);
-        *bytes = ((v & !DELIVERY_MODE) | mode).to_le_bytes();
+        // The register page is `c_char`s; the APIC's registers are u32.
+        let bytes = &mut lapic.regs[reg..reg + 4];
+        let mut raw = [0u8; 4];
+        for (r, b) in raw.iter_mut().zip(bytes.iter()) {
+            *r = *b as u8;
+        }
+        let value = (u32::from_le_bytes(raw) & !DELIVERY_MODE) | mode;
+        for (b, r) in bytes.iter_mut().zip(value.to_le_bytes()) {
+            *b = r as _;
+        }
     }
     fd.set_lapic(&lapic).context("KVM_SET_LAPIC")
 }
