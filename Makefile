@@ -4,7 +4,7 @@
 #   make         build rvmx.ko and the userspace binaries into build/
 #   make check   host unit tests + the selftests inside the lab VM
 #   make demo    boot the lab, load rvmx, print its capability report
-#   make bench   exit round-trip costs on rvmx and on KVM, side by side, in the lab
+#   make bench   rvmx vs KVM exit costs; guest boot time and vmmctl memory per backend
 #
 # KDIR=<tree> builds rvmx.ko against another Rust-enabled 7.x kernel tree
 # (default: the lab's test kernel, built and cached by scripts/build-kernel);
@@ -18,9 +18,9 @@ TARGET := x86_64-unknown-linux-gnu
 CARGO_STATIC := RUSTC=$(RUSTC) RUSTFLAGS="-C target-feature=+crt-static" \
 	$(CARGO) build --release --locked --target $(TARGET)
 
-.PHONY: all setup module userspace check demo bench clean
+.PHONY: all setup module userspace guest check demo bench clean
 
-all: module userspace
+all: module userspace guest
 
 setup:
 	@scripts/setup
@@ -32,9 +32,14 @@ module: setup uapi/src/bindings.rs
 	@scripts/build-module
 
 userspace: setup
-	@echo "==> vmmctl, rvmx-selftests, rvmx-bench (static)"
-	@$(CARGO_STATIC) -p vmmctl -p rvmx-selftests -p rvmx-bench
+	@echo "==> vmmctl, rvmx-selftests, rvmx-bench, guest-init (static)"
+	@$(CARGO_STATIC) -p vmmctl -p rvmx-selftests -p rvmx-bench -p guest-init
 	@mkdir -p build/bin && cp $(addprefix target/$(TARGET)/release/,vmmctl rvmx-selftests rvmx-bench) build/bin/
+
+# What vmmctl's lab tests boot: an initramfs around guest-init, and a
+# multiboot kernel assembled from guest/multiboot/.
+guest: userspace
+	@scripts/build-guest
 
 check: all
 	@scripts/check
@@ -42,10 +47,12 @@ check: all
 demo: all
 	@scripts/lab run --cpus 2 -- 'modprobe rvmx && dmesg | grep rvmx: && vmmctl info'
 
-# One Bochs CPU, as the reference figures in docs/design.md. rvmx and
-# kvm_intel cannot both hold VMX, so they take turns.
+# Exit costs: one Bochs CPU, as the reference figures in docs/design.md;
+# rvmx and kvm_intel cannot both hold VMX, so they take turns. Then vmmctl's
+# boot time and memory per backend (scripts/bench).
 bench: all
 	@scripts/lab run --cpus 1 --quiet -- 'modprobe rvmx && rvmx-bench run rvmx >/tmp/rvmx && rmmod rvmx && modprobe kvm_intel && rvmx-bench run kvm >/tmp/kvm && rvmx-bench table /tmp/rvmx /tmp/kvm'
+	@scripts/bench
 
 clean:
 	rm -rf build target rvmx.ko rvmx.mod* rvmx.o rvmx/*.o rvmx/.*.cmd .*.cmd modules.order Module.symvers

@@ -6,7 +6,13 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use uapi::{sys, Rvmx};
 
-pub fn run(device: &Path) -> Result<()> {
+use crate::hypervisor::{Backend, Kvm};
+
+pub fn run(backend: Backend, device: &Path) -> Result<()> {
+    if backend == Backend::Kvm {
+        print!("{}", Kvm::open()?.report());
+        return Ok(());
+    }
     let rvmx = Rvmx::open(device).with_context(|| {
         format!(
             "cannot open {}: is rvmx loaded (insmod rvmx.ko)?",

@@ -1,41 +1,44 @@
-//! vmmctl: the userspace VMM that drives rvmx.
+//! vmmctl: the userspace VMM of rvmx, with a KVM backend beside it.
 
+mod boot;
+mod cli;
+mod console;
+mod control;
+mod devices;
+mod hypervisor;
 mod info;
+mod memory;
+mod rss;
+mod run;
+mod signals;
+mod stats;
+mod vcpu;
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::Parser;
 
-/// Userspace VMM for the rvmx hypervisor (/dev/rvmx).
-///
-/// Load the module first (`insmod rvmx.ko`), then ask what it offers with
-/// `vmmctl info`.
-#[derive(Parser, Debug)]
-#[command(version, about, long_about)]
-struct Cli {
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Subcommand, Debug)]
-enum Command {
-    /// Print what the hypervisor supports: API version, VMX capabilities,
-    /// and whether VMX root operation works on every CPU right now.
-    Info {
-        /// The rvmx device node.
-        #[arg(long, default_value = uapi::DEVICE_PATH)]
-        device: PathBuf,
-    },
-}
+use cli::{Cli, Command};
+use hypervisor::Backend;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Info { device } => info::run(&device),
+        Command::Info { device } => {
+            info::run(cli.hypervisor.unwrap_or(Backend::Rvmx), &device).map(|()| 0)
+        }
+        Command::Run(args) => {
+            let backend = cli.hypervisor.unwrap_or_else(run::default_backend);
+            run::run(backend, &args).map(|outcome| {
+                if let Some(msg) = outcome.message() {
+                    eprintln!("vmmctl: {msg}");
+                }
+                outcome.exit_status()
+            })
+        }
     };
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(status) => ExitCode::from(status),
         Err(e) => {
             eprintln!("vmmctl: {e:#}");
             ExitCode::FAILURE

@@ -1,0 +1,123 @@
+//! `vmmctl run`: build the VM, boot the kernel, serve it until it ends.
+
+use std::io::Write;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::boot::{self, cpuid, BootConfig};
+use crate::cli::RunArgs;
+use crate::console::{self, RawTerminal};
+use crate::control::{Control, Outcome};
+use crate::devices::serial::{self, ConsoleOut, IrqTrigger, Serial};
+use crate::devices::Devices;
+use crate::hypervisor::Backend;
+use crate::{memory, rss, signals, vcpu};
+
+pub fn run(backend: Backend, args: &RunArgs) -> Result<Outcome> {
+    // The hypervisor first: a backend that cannot run VMs says so before
+    // any file is read.
+    let hv = backend.open()?;
+    let mut vm = hv.create_vm()?;
+    let supported = hv.supported_cpuid()?;
+
+    let ram = memory::ram_ranges(args.mem)?;
+    let mem = Arc::new(memory::create(&ram)?);
+    let boot_state = boot::load(
+        &mem,
+        &BootConfig {
+            kernel: &args.kernel,
+            initrd: args.initrd.as_deref(),
+            cmdline: &args.cmdline,
+            cpus: args.cpus,
+            ram: &ram,
+        },
+    )?;
+    vm.set_memory(mem.clone())?;
+
+    let control = Arc::new(Control::new()?);
+    let irq = EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC).context("eventfd")?;
+    vm.connect_irq(&irq, serial::IRQ)?;
+    let out = ConsoleOut::new(Box::new(std::io::stdout()), control.clone());
+    let devices = Arc::new(Devices::new(
+        Serial::new(IrqTrigger(irq), out),
+        control.clone(),
+    ));
+
+    let mut vcpus = Vec::with_capacity(usize::from(args.cpus));
+    for id in 0..args.cpus {
+        let mut v = vm.create_vcpu(id)?;
+        let ctx = || format!("setting up vCPU {id}");
+        v.set_cpuid(&cpuid::normalize(&supported, id, args.cpus))
+            .with_context(ctx)?;
+        v.set_msrs(&boot::boot_msrs()).with_context(ctx)?;
+        if id == 0 {
+            v.set_cpu_state(&boot_state).with_context(ctx)?;
+        }
+        vcpus.push(v);
+    }
+
+    signals::install(&control)?;
+    vcpu::install_kick_handler()?;
+    let terminal = RawTerminal::enable()?;
+    console::spawn_input(devices.clone(), control.clone())?;
+    let started = Instant::now();
+    let mut threads = Vec::with_capacity(vcpus.len());
+    for (id, v) in (0u8..).zip(vcpus) {
+        match vcpu::spawn(id, v, devices.clone(), control.clone()) {
+            Ok(t) => threads.push(t),
+            Err(e) => {
+                control.finish(Outcome::Error(format!("{e:#}")));
+                break;
+            }
+        }
+    }
+
+    let outcome = wait(&control);
+    let stats = vcpu::stop_all(threads);
+    let wall = started.elapsed();
+    drop(terminal);
+    let _ = std::io::stdout().flush();
+    if args.stats {
+        eprint!("{}", stats.report(wall));
+        report_memory(&mem, args.mem);
+    }
+    Ok(outcome)
+}
+
+/// Sleeps until some thread records an outcome or a signal arrives.
+fn wait(control: &Control) -> Outcome {
+    loop {
+        if let Some(o) = control.outcome() {
+            return o;
+        }
+        if let Some(sig) = signals::received() {
+            control.finish(Outcome::Signal(sig));
+            continue;
+        }
+        // EINTR (a signal) is fine: the loop looks again.
+        let _ = control.wake_fd().read();
+    }
+}
+
+/// vmmctl's own footprint: what is resident beyond the guest's pages.
+fn report_memory(mem: &vm_memory::GuestMemoryMmap, guest_size: u64) {
+    match (rss::process_rss(), rss::guest_resident(mem)) {
+        (Ok(total), Ok(guest)) => eprintln!(
+            "vmmctl: rss {} KiB = guest RAM resident {} KiB (of {} MiB) + vmmctl {} KiB",
+            total >> 10,
+            guest >> 10,
+            guest_size >> 20,
+            total.saturating_sub(guest) >> 10
+        ),
+        (Err(e), _) | (_, Err(e)) => eprintln!("vmmctl: cannot measure memory: {e:#}"),
+    }
+}
+
+/// The backend `run` uses when the user names none.
+pub fn default_backend() -> Backend {
+    Backend::default_for(Path::new("/dev/kvm"))
+}

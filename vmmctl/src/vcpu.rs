@@ -1,0 +1,138 @@
+//! vCPU threads: each runs its vCPU, hands its exits to the devices, and
+//! stops when the run has an outcome. A vCPU blocked in the guest is
+//! kicked out with a signal whose handler sets the hypervisor's
+//! immediate-exit byte, so a kick that lands just before the next entry
+//! is not lost; the kick is repeated until the thread has ended.
+
+use std::cell::Cell;
+use std::sync::Arc;
+use std::thread::{self, JoinHandle};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use libc::{c_int, c_void, siginfo_t};
+use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
+
+use crate::control::{Control, Outcome};
+use crate::devices::Devices;
+use crate::hypervisor::{Vcpu, VmExit};
+use crate::stats::ExitStats;
+
+thread_local! {
+    /// This thread's vCPU immediate-exit byte, null when no vCPU runs here.
+    static IMMEDIATE_EXIT: Cell<*mut u8> = const { Cell::new(std::ptr::null_mut()) };
+}
+
+extern "C" fn on_kick(_: c_int, _: *mut siginfo_t, _: *mut c_void) {
+    IMMEDIATE_EXIT.with(|p| {
+        let p = p.get();
+        if !p.is_null() {
+            // SAFETY: set by this thread's run loop to its own vCPU's byte
+            // and cleared before that vCPU is dropped.
+            unsafe { p.write_volatile(1) };
+        }
+    });
+}
+
+fn kick_signal() -> c_int {
+    SIGRTMIN()
+}
+
+/// Installs the kick handler (once per process, before vCPUs start).
+pub fn install_kick_handler() -> Result<()> {
+    register_signal_handler(kick_signal(), on_kick).context("installing the vCPU kick handler")
+}
+
+/// Starts vCPU `id` on its own thread; the thread returns its statistics.
+pub fn spawn(
+    id: u8,
+    vcpu: Box<dyn Vcpu>,
+    devices: Arc<Devices>,
+    control: Arc<Control>,
+) -> Result<JoinHandle<ExitStats>> {
+    thread::Builder::new()
+        .name(format!("vcpu{id}"))
+        .spawn(move || run_loop(id, vcpu, &devices, &control))
+        .with_context(|| format!("cannot start the thread of vCPU {id}"))
+}
+
+fn run_loop(id: u8, mut vcpu: Box<dyn Vcpu>, devices: &Devices, control: &Control) -> ExitStats {
+    let mut stats = ExitStats::default();
+    IMMEDIATE_EXIT.with(|p| p.set(vcpu.immediate_exit().as_ptr()));
+    while !control.stopping() {
+        match vcpu.run() {
+            Ok(exit) => {
+                stats.exit(exit.name());
+                if let Some(outcome) = handle(id, exit, devices, &mut stats) {
+                    devices.finish(outcome);
+                }
+            }
+            Err(e) => devices.finish(Outcome::Error(format!("vCPU {id}: {e:#}"))),
+        }
+    }
+    IMMEDIATE_EXIT.with(|p| p.set(std::ptr::null_mut()));
+    stats
+}
+
+/// Serves one exit; returns the outcome if it ends the run.
+fn handle(id: u8, exit: VmExit<'_>, devices: &Devices, stats: &mut ExitStats) -> Option<Outcome> {
+    match exit {
+        VmExit::IoIn { port, data } => {
+            if !devices.pio_in(port, data) {
+                // What an ISA bus with nothing at the port returns.
+                data.fill(0xff);
+                stats.unhandled('r', port);
+            }
+            None
+        }
+        VmExit::IoOut { port, data } => {
+            if !devices.pio_out(port, data) {
+                stats.unhandled('w', port);
+            }
+            None
+        }
+        VmExit::MmioRead { data, .. } => {
+            data.fill(0xff);
+            None
+        }
+        VmExit::MmioWrite | VmExit::Interrupted => None,
+        VmExit::Shutdown => Some(Outcome::TripleFault),
+        VmExit::Halt => Some(Outcome::Error(format!(
+            "vCPU {id} halted with no interrupt controller to wake it"
+        ))),
+        VmExit::FailEntry(reason) => Some(Outcome::Error(format!(
+            "vCPU {id}: VM entry failed, hardware error {reason:#x}{}",
+            if reason == 7 {
+                " (invalid VMX control field; under Bochs, load kvm_intel with enable_apicv=0)"
+            } else {
+                ""
+            }
+        ))),
+        VmExit::InternalError => Some(Outcome::Error(format!(
+            "vCPU {id}: the hypervisor could not emulate an instruction (internal error)"
+        ))),
+        VmExit::Other(name) => Some(Outcome::Error(format!(
+            "vCPU {id}: unexpected exit '{name}'"
+        ))),
+    }
+}
+
+/// Kicks every vCPU thread until all have ended; returns their merged
+/// statistics.
+pub fn stop_all(handles: Vec<JoinHandle<ExitStats>>) -> ExitStats {
+    while handles.iter().any(|h| !h.is_finished()) {
+        for h in handles.iter().filter(|h| !h.is_finished()) {
+            // ESRCH if it ended meanwhile: nothing to kick.
+            let _ = h.kill(kick_signal());
+        }
+        thread::sleep(Duration::from_millis(5));
+    }
+    let mut total = ExitStats::default();
+    for h in handles {
+        // A vCPU thread that panicked has no statistics to give.
+        if let Ok(s) = h.join() {
+            total.merge(&s);
+        }
+    }
+    total
+}
