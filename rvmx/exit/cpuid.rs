@@ -21,9 +21,16 @@ const LEAF1_ECX_HYPERVISOR: u32 = 1 << 31;
 /// machine-check virtualization), ACPI thermal (22), TM (29), PBE (31).
 const LEAF1_EDX_HIDDEN: u32 = (1 << 7) | (1 << 9) | (1 << 14) | (1 << 22) | (1 << 29) | (1 << 31);
 
-/// The guest's view of CPUID leaf `leaf`, sub-leaf `_subleaf`, given the
+/// CPUID.(7,0):EBX.TSC_ADJUST[1]: IA32_TSC_ADJUST, which rvmx does not
+/// virtualize.
+const LEAF7_EBX_TSC_ADJUST: u32 = 1 << 1;
+/// CPUID.(0xD,1):EAX: XSAVES (3) and XFD (4) need IA32_XSS and IA32_XFD,
+/// which rvmx does not virtualize.
+const LEAFD1_EAX_HIDDEN: u32 = (1 << 3) | (1 << 4);
+
+/// The guest's view of CPUID leaf `leaf`, sub-leaf `subleaf`, given the
 /// host's registers (eax, ebx, ecx, edx) and the vCPU's id.
-pub(crate) fn filter(leaf: u32, _subleaf: u32, host: [u32; 4], vcpu_id: u32) -> [u32; 4] {
+pub(crate) fn filter(leaf: u32, subleaf: u32, host: [u32; 4], vcpu_id: u32) -> [u32; 4] {
     let [eax, ebx, ecx, edx] = host;
     match leaf {
         1 => [
@@ -33,6 +40,8 @@ pub(crate) fn filter(leaf: u32, _subleaf: u32, host: [u32; 4], vcpu_id: u32) -> 
             (ecx & !LEAF1_ECX_HIDDEN) | LEAF1_ECX_HYPERVISOR,
             edx & !LEAF1_EDX_HIDDEN,
         ],
+        7 if subleaf == 0 => [eax, ebx & !LEAF7_EBX_TSC_ADJUST, ecx, edx],
+        0xd if subleaf == 1 => [eax & !LEAFD1_EAX_HIDDEN, ebx, ecx, edx],
         // Thermal/power (6), performance monitoring (0xa): nothing.
         6 | 0xa => [0; 4],
         // Cache/topology leaves describe the host's cores: say one core.
@@ -153,6 +162,21 @@ mod tests {
         assert!(
             find(7, 1).is_some_and(|e| e.significant) && find(2, 0).is_some_and(|e| !e.significant)
         );
+    }
+
+    #[test]
+    fn hides_msrs_rvmx_does_not_virtualize() {
+        assert_eq!(
+            filter(7, 0, [0, 0xffff_ffff, 0, 0], 0)[1] & (1 << 1),
+            0,
+            "TSC_ADJUST"
+        );
+        assert_eq!(
+            filter(7, 1, [0, 0xffff_ffff, 0, 0], 0)[1],
+            0xffff_ffff,
+            "sub-leaf 1 untouched"
+        );
+        assert_eq!(filter(0xd, 1, [0xff, 0, 0, 0], 0)[0], 0xe7, "XSAVES/XFD");
     }
 
     #[test]

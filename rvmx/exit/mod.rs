@@ -18,7 +18,6 @@ use crate::{
     vcpu::{self, regs::RAX, Guest, Pending, Vcpu},
     vmx::{
         current::CurrentVmcs,
-        instr,
         vmcs::{Field32, Field32Ro, Field64Ro, FieldNat, FieldNatRo},
     },
 };
@@ -319,12 +318,12 @@ fn cr_access(vmcs: &CurrentVmcs<'_>, g: &mut Guest, access: CrAccess, vcpu: &Vcp
     }
 }
 
-/// XSETBV: XCR0 within what the host enables, with x87, and AVX only
-/// with SSE.
+/// XSETBV: XCR0 within what the host enables (as read before entering: the
+/// hardware XCR0 now is the guest's), with x87, and AVX only with SSE.
 fn xsetbv(vmcs: &CurrentVmcs<'_>, g: &mut Guest) -> Action {
     let r = &g.regs.gpr;
     let value = (r[vcpu::regs::RDX] << 32) | (r[RAX] & 0xffff_ffff);
-    let host = instr::xgetbv0();
+    let host = g.fpu.host_xcr0;
     let valid = r[vcpu::regs::RCX] as u32 == 0
         && value & 1 != 0
         && value & !host == 0
@@ -332,7 +331,7 @@ fn xsetbv(vmcs: &CurrentVmcs<'_>, g: &mut Guest) -> Action {
     if !valid {
         return inject_gp(vmcs);
     }
-    g.fpu.xcr0 = value;
+    g.fpu.set_xcr0(value);
     skip_instruction(vmcs);
     Action::Resume
 }

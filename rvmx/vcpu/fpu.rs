@@ -53,7 +53,10 @@ struct XsaveArea([u8; 4096]);
 pub(crate) struct GuestFpu {
     area: KBox<XsaveArea>,
     /// The guest's XCR0 (XSETBV).
-    pub(crate) xcr0: u64,
+    xcr0: u64,
+    /// The host's XCR0, read when the guest's state was loaded: what an
+    /// XSETBV exit checks against (XGETBV then would read the guest's).
+    pub(crate) host_xcr0: u64,
 }
 
 impl GuestFpu {
@@ -75,13 +78,15 @@ impl GuestFpu {
         Ok(Self {
             area,
             xcr0: XCR0_RESET,
+            host_xcr0: instr::xgetbv0(),
         })
     }
 
     /// Loads the guest's state and XCR0; returns the host's XCR0 for `save`.
     /// Inside the window, with the FPU owned (`KernelFpu`).
-    pub(crate) fn load(&self) -> u64 {
+    pub(crate) fn load(&mut self) -> u64 {
         let host_xcr0 = instr::xgetbv0();
+        self.host_xcr0 = host_xcr0;
         // SAFETY: the area is 64-byte aligned, large enough for the host's
         // XCR0 (checked in `new`) and holds an image XSAVE wrote or the
         // valid initial one; the FPU is ours (`KernelFpu`). The guest's XCR0
@@ -91,6 +96,16 @@ impl GuestFpu {
             instr::xsetbv0(self.xcr0);
         }
         host_xcr0
+    }
+
+    /// The guest's XSETBV of `xcr0` (validated against `host_xcr0`), inside
+    /// the window where the guest's state is loaded: it takes effect now.
+    pub(crate) fn set_xcr0(&mut self, xcr0: u64) {
+        self.xcr0 = xcr0;
+        // SAFETY: `xcr0` is a subset of the host's XCR0 with x87 set (the
+        // XSETBV exit checked it), and `save` restores the host's before
+        // the window ends.
+        unsafe { instr::xsetbv0(xcr0) };
     }
 
     /// Saves the guest's state and restores the host's XCR0.

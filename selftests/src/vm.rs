@@ -42,6 +42,10 @@ pub const TESTS: &[Test] = &[
         run: unknown_msrs_fault_or_exit_to_user,
     },
     Test {
+        name: "xsetbv_within_the_hosts_xcr0",
+        run: xsetbv_within_the_hosts_xcr0,
+    },
+    Test {
         name: "port_in_completes",
         run: port_in_completes,
     },
@@ -1041,5 +1045,30 @@ fn unknown_msrs_fault_or_exit_to_user(_: &Ctx) -> TestResult {
     t.run_expect(sys::RVMX_EXIT_X86_RDMSR)?;
     // The VMM refuses this one: #GP, and with no IDT a triple fault.
     t.vcpu.run_area().__bindgen_anon_1.msr.error = 1;
+    t.run_expect(sys::RVMX_EXIT_SHUTDOWN)
+}
+
+fn xsetbv_within_the_hosts_xcr0(_: &Ctx) -> TestResult {
+    let info = std::fs::read_to_string("/proc/cpuinfo").ctx("/proc/cpuinfo")?;
+    if !info.split_whitespace().any(|w| w == "avx") {
+        return Err(Outcome::Skip("the host has no AVX".into()));
+    }
+    let code = [
+        0x31, 0xc9, // xor ecx, ecx
+        0xb8, 7, 0, 0, 0, // mov eax, 7 (x87, SSE, AVX)
+        0x31, 0xd2, // xor edx, edx
+        0x0f, 0x01, 0xd1, // xsetbv
+        0x0f, 0x01, 0xd0, // xgetbv
+        0xe7, 0x10, // out 0x10, eax
+        0xb8, 5, 0, 0, 0, // mov eax, 5 (AVX without SSE: invalid)
+        0x0f, 0x01, 0xd1, // xsetbv: #GP, and without an IDT a triple fault
+        0xf4,
+    ];
+    let mut t = TestVm::long_mode(0x20_0000, &code)?;
+    let mut s = t.vcpu.sregs().ctx("GET_SREGS")?;
+    s.cr4 |= (1 << 9) | (1 << 18); // OSFXSR, OSXSAVE
+    t.vcpu.set_sregs(&s).ctx("SET_SREGS")?;
+    expect_io(&mut t, 0x10, 4, 1, true)?;
+    ensure!(io_data(&mut t, 4)? == [7, 0, 0, 0], "XCR0 after XSETBV 7");
     t.run_expect(sys::RVMX_EXIT_SHUTDOWN)
 }

@@ -1,16 +1,26 @@
-//! The rvmx backend (/dev/rvmx). rvmx's ABI so far answers only
-//! `RVMX_GET_API_VERSION` and `RVMX_GET_VMX_CAPS`: every VM operation
-//! fails at once with the reason, so `vmmctl run` never loads a kernel or
-//! waits for a VM that cannot exist.
+//! The rvmx backend (/dev/rvmx), through the `uapi` crate.
+//!
+//! rvmx runs guests but does not inject interrupts yet: device interrupt
+//! lines are accepted and not delivered (said once on stderr), and secondary
+//! vCPUs, which would need INIT/SIPI, are refused by name. A guest that
+//! needs neither (a multiboot kernel polling its serial port) runs to its
+//! end; Linux stops at the first HLT that waits for a timer interrupt, and
+//! vmmctl reports the halt.
 
 use std::path::Path;
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
+use uapi::{sys, VcpuFd, VmFd};
+use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use vmm_sys_util::eventfd::EventFd;
 
-use super::{CpuidEntry, Hypervisor, Vm};
+use super::{CpuState, CpuidEntry, Hypervisor, Segment, Vcpu, Vm, VmExit};
 
 pub struct Rvmx {
-    api_version: u32,
+    dev: uapi::Rvmx,
 }
 
 impl Rvmx {
@@ -21,25 +31,258 @@ impl Rvmx {
                 device.display()
             )
         })?;
-        let api_version = dev.api_version().context("RVMX_GET_API_VERSION")?;
-        Ok(Self { api_version })
-    }
-
-    fn no_vms<T>(&self) -> Result<T> {
-        bail!(
-            "rvmx API version {} does not support creating VMs yet (needs RVMX_CREATE_VM); \
-             use --hypervisor kvm",
-            self.api_version
-        )
+        let version = dev.api_version().context("RVMX_GET_API_VERSION")?;
+        if version != sys::RVMX_API_VERSION {
+            bail!(
+                "rvmx API version {version}, vmmctl speaks {}: rebuild vmmctl against this rvmx",
+                sys::RVMX_API_VERSION
+            );
+        }
+        Ok(Self { dev })
     }
 }
 
 impl Hypervisor for Rvmx {
     fn supported_cpuid(&self) -> Result<Vec<CpuidEntry>> {
-        self.no_vms()
+        let entries = self
+            .dev
+            .supported_cpuid()
+            .context("RVMX_GET_SUPPORTED_CPUID")?;
+        Ok(entries
+            .iter()
+            .map(|e| CpuidEntry {
+                function: e.function,
+                index: e.index,
+                indexed: e.flags & sys::RVMX_CPUID_FLAG_SIGNIFICANT_INDEX != 0,
+                eax: e.eax,
+                ebx: e.ebx,
+                ecx: e.ecx,
+                edx: e.edx,
+            })
+            .collect())
     }
 
     fn create_vm(&self) -> Result<Box<dyn Vm>> {
-        self.no_vms()
+        let fd = self
+            .dev
+            .create_vm()
+            .context("RVMX_CREATE_VM (EBUSY: kvm_intel holds VMX, rmmod kvm_intel first)")?;
+        Ok(Box::new(RvmxVm {
+            fd,
+            memory: None,
+            warned_irq: AtomicBool::new(false),
+        }))
+    }
+}
+
+struct RvmxVm {
+    fd: VmFd,
+    /// Kept alive while the VM may touch it.
+    memory: Option<Arc<GuestMemoryMmap>>,
+    warned_irq: AtomicBool,
+}
+
+impl Vm for RvmxVm {
+    fn set_memory(&mut self, memory: Arc<GuestMemoryMmap>) -> Result<()> {
+        for (slot, region) in memory.iter().enumerate() {
+            let host = region
+                .get_host_address(vm_memory::MemoryRegionAddress(0))
+                .context("guest memory region without a host mapping")?;
+            let r = sys::rvmx_userspace_memory_region {
+                slot: slot as u32,
+                flags: 0,
+                guest_phys_addr: region.start_addr().0,
+                memory_size: region.len(),
+                userspace_addr: host as u64,
+            };
+            // SAFETY: the region stays mapped while `self.memory` holds it,
+            // which is as long as the VM, and only the guest uses it.
+            unsafe { self.fd.set_user_memory_region(r) }
+                .with_context(|| format!("RVMX_SET_USER_MEMORY_REGION slot {slot}"))?;
+        }
+        self.memory = Some(memory);
+        Ok(())
+    }
+
+    fn connect_irq(&self, _event: &EventFd, gsi: u32) -> Result<()> {
+        if !self.warned_irq.swap(true, Ordering::Relaxed) {
+            eprintln!(
+                "vmmctl: rvmx cannot inject interrupts yet: IRQ {gsi} and the timer are not \
+                 delivered; a guest that waits for an interrupt stops at its next HLT"
+            );
+        }
+        Ok(())
+    }
+
+    fn create_vcpu(&self, id: u8) -> Result<Box<dyn Vcpu>> {
+        if id != 0 {
+            bail!("rvmx cannot start secondary vCPUs yet (no INIT/SIPI delivery): use --cpus 1");
+        }
+        let mut fd = self
+            .fd
+            .create_vcpu(u32::from(id))
+            .context("RVMX_CREATE_VCPU")?;
+        let immediate_exit = NonNull::from(&mut fd.run_area().immediate_exit);
+        Ok(Box::new(RvmxVcpu { fd, immediate_exit }))
+    }
+}
+
+struct RvmxVcpu {
+    fd: VcpuFd,
+    /// `rvmx_run.immediate_exit` in the vCPU's mapped run area, at one
+    /// address for the vCPU's life.
+    immediate_exit: NonNull<u8>,
+}
+
+// SAFETY: `immediate_exit` points into the run area that `fd` maps and
+// unmaps; they move between threads together.
+unsafe impl Send for RvmxVcpu {}
+
+fn rvmx_segment(s: &Segment) -> sys::rvmx_segment {
+    sys::rvmx_segment {
+        base: s.base,
+        limit: s.limit,
+        selector: s.selector,
+        type_: s.kind,
+        present: u8::from(s.present),
+        dpl: s.dpl,
+        db: u8::from(s.db),
+        s: u8::from(s.s),
+        l: u8::from(s.l),
+        g: u8::from(s.g),
+        avl: 0,
+        unusable: u8::from(!s.present),
+        padding: 0,
+    }
+}
+
+impl Vcpu for RvmxVcpu {
+    fn set_cpuid(&mut self, entries: &[CpuidEntry]) -> Result<()> {
+        let entries: Vec<_> = entries
+            .iter()
+            .map(|e| sys::rvmx_cpuid_entry {
+                function: e.function,
+                index: e.index,
+                flags: if e.indexed {
+                    sys::RVMX_CPUID_FLAG_SIGNIFICANT_INDEX
+                } else {
+                    0
+                },
+                eax: e.eax,
+                ebx: e.ebx,
+                ecx: e.ecx,
+                edx: e.edx,
+                padding: [0; 3],
+            })
+            .collect();
+        self.fd.set_cpuid(&entries).context("RVMX_SET_CPUID")
+    }
+
+    /// Sets the boot MSRs rvmx virtualizes; the others (e.g. IA32_TSC) are
+    /// left at rvmx's values rather than failing the boot.
+    fn set_msrs(&mut self, msrs: &[(u32, u64)]) -> Result<()> {
+        for &(index, data) in msrs {
+            let e = sys::rvmx_msr_entry {
+                index,
+                reserved: 0,
+                data,
+            };
+            self.fd
+                .set_msrs(&[e])
+                .with_context(|| format!("RVMX_SET_MSRS {index:#x}"))?;
+        }
+        Ok(())
+    }
+
+    fn set_cpu_state(&mut self, st: &CpuState) -> Result<()> {
+        let mut regs = self.fd.regs().context("RVMX_GET_REGS")?;
+        regs.rax = st.rax;
+        regs.rbx = st.rbx;
+        regs.rsi = st.rsi;
+        regs.rsp = st.rsp;
+        regs.rbp = st.rbp;
+        regs.rip = st.rip;
+        regs.rflags = st.rflags;
+        self.fd.set_regs(&regs).context("RVMX_SET_REGS")?;
+
+        let mut s = self.fd.sregs().context("RVMX_GET_SREGS")?;
+        s.cs = rvmx_segment(&st.cs);
+        s.ds = rvmx_segment(&st.ds);
+        s.es = rvmx_segment(&st.es);
+        s.fs = rvmx_segment(&st.fs);
+        s.gs = rvmx_segment(&st.gs);
+        s.ss = rvmx_segment(&st.ss);
+        s.tr = rvmx_segment(&st.tr);
+        (s.gdt.base, s.gdt.limit) = (st.gdt.base, st.gdt.limit);
+        (s.idt.base, s.idt.limit) = (st.idt.base, st.idt.limit);
+        (s.cr0, s.cr3, s.cr4, s.efer) = (st.cr0, st.cr3, st.cr4, st.efer);
+        // rvmx's vCPUs start with FCW 0x37f and MXCSR 0x1f80 already.
+        self.fd.set_sregs(&s).context("RVMX_SET_SREGS")
+    }
+
+    fn run(&mut self) -> Result<VmExit<'_>> {
+        match self.fd.run() {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(libc::EINTR) => {
+                // SAFETY: see the field; only this thread and the kick
+                // handler running on it touch the byte.
+                unsafe { self.immediate_exit.as_ptr().write_volatile(0) };
+                return Ok(VmExit::Interrupted);
+            }
+            Err(e) => return Err(e).context("RVMX_RUN"),
+        }
+        let reason = self.fd.run_area().exit_reason;
+        Ok(match reason {
+            sys::RVMX_EXIT_IO => {
+                // SAFETY: the exit reason says the union holds `io`.
+                let io = unsafe { self.fd.run_area().__bindgen_anon_1.io };
+                if io.count != 1 {
+                    return Ok(VmExit::Other("string-io"));
+                }
+                let data = self
+                    .fd
+                    .run_data(io.data_offset, usize::from(io.size))
+                    .context("rvmx put the I/O data outside the run area")?;
+                if io.direction == sys::RVMX_EXIT_IO_IN as u8 {
+                    VmExit::IoIn {
+                        port: io.port,
+                        data,
+                    }
+                } else {
+                    VmExit::IoOut {
+                        port: io.port,
+                        data,
+                    }
+                }
+            }
+            sys::RVMX_EXIT_MMIO => {
+                let run = self.fd.run_area();
+                // SAFETY: the exit reason says the union holds `mmio`.
+                let mmio = unsafe { &mut run.__bindgen_anon_1.mmio };
+                if mmio.is_write != 0 {
+                    VmExit::MmioWrite
+                } else {
+                    let len = (mmio.len as usize).min(mmio.data.len());
+                    VmExit::MmioRead {
+                        data: &mut mmio.data[..len],
+                    }
+                }
+            }
+            sys::RVMX_EXIT_HLT => VmExit::Halt,
+            sys::RVMX_EXIT_SHUTDOWN => VmExit::Shutdown,
+            sys::RVMX_EXIT_INTR => VmExit::Interrupted,
+            sys::RVMX_EXIT_FAIL_ENTRY => {
+                // SAFETY: the exit reason says the union holds `fail_entry`.
+                let f = unsafe { self.fd.run_area().__bindgen_anon_1.fail_entry };
+                VmExit::FailEntry(f.hardware_entry_failure_reason)
+            }
+            sys::RVMX_EXIT_INTERNAL_ERROR => VmExit::InternalError,
+            sys::RVMX_EXIT_HYPERCALL => VmExit::Other("hypercall"),
+            _ => VmExit::Other("other"),
+        })
+    }
+
+    fn immediate_exit(&mut self) -> NonNull<u8> {
+        self.immediate_exit
     }
 }
