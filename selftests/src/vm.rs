@@ -14,6 +14,10 @@ pub const TESTS: &[Test] = &[
         run: vm_and_vcpu_fds,
     },
     Test {
+        name: "fds_from_another_process_are_eio",
+        run: fds_from_another_process_are_eio,
+    },
+    Test {
         name: "memslot_rules",
         run: memslot_rules,
     },
@@ -1071,4 +1075,30 @@ fn xsetbv_within_the_hosts_xcr0(_: &Ctx) -> TestResult {
     expect_io(&mut t, 0x10, 4, 1, true)?;
     ensure!(io_data(&mut t, 4)? == [7, 0, 0, 0], "XCR0 after XSETBV 7");
     t.run_expect(sys::RVMX_EXIT_SHUTDOWN)
+}
+
+fn fds_from_another_process_are_eio(_: &Ctx) -> TestResult {
+    let rvmx = Rvmx::open(DEVICE_PATH).ctx("open")?;
+    let vm = rvmx.create_vm().ctx("RVMX_CREATE_VM")?;
+    let vcpu = vm.create_vcpu(0).ctx("RVMX_CREATE_VCPU")?;
+    // SAFETY: the child only makes raw system calls and exits.
+    let pid = unsafe { libc::fork() };
+    if pid == 0 {
+        // The child inherited both fds; every call must fail with EIO.
+        let vm_err = crate::ioctl::raw(&vm, sys::RVMX_CREATE_VCPU, 1).err();
+        let vcpu_err = crate::ioctl::raw(&vcpu, sys::RVMX_RUN, 0).err();
+        let ok = vm_err == Some(libc::EIO) && vcpu_err == Some(libc::EIO);
+        // SAFETY: leaving the child at once, without unwinding the parent's state.
+        unsafe { libc::_exit(if ok { 0 } else { 1 }) };
+    }
+    ensure!(pid > 0, "fork failed");
+    let mut status = 0;
+    // SAFETY: waiting for our own child.
+    unsafe { libc::waitpid(pid, &mut status, 0) };
+    ensure!(
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        "a child process could use the parent's VM or vCPU fd (status {status:#x})"
+    );
+    vcpu.regs().ctx("the parent's vCPU afterwards")?;
+    Ok(())
 }
