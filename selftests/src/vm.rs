@@ -315,19 +315,8 @@ fn bad_guest_state_fails_entry(_: &Ctx) -> TestResult {
 fn immediate_exit_is_eintr(_: &Ctx) -> TestResult {
     let mut t = TestVm::real_mode(0x10000, &[0xf4])?;
     t.vcpu.run_area().immediate_exit = 1;
-    match t.vcpu.run() {
-        Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
-        other => {
-            return Err(Outcome::Fail(format!(
-                "RUN with immediate_exit: {other:?}, want EINTR"
-            )))
-        }
-    }
-    ensure!(
-        t.vcpu.run_area().exit_reason == sys::RVMX_EXIT_INTR,
-        "exit reason {}",
-        t.vcpu.run_area().exit_reason
-    );
+    let result = t.vcpu.run();
+    expect_eintr(&mut t, result, "RUN with immediate_exit")?;
     t.vcpu.run_area().immediate_exit = 0;
     t.run_expect(sys::RVMX_EXIT_HLT)
 }
@@ -511,19 +500,7 @@ fn signal_interrupts_spinning_guest(_: &Ctx) -> TestResult {
     let kicker = signal_later(unsafe { libc::pthread_self() }, 300);
     let result = t.vcpu.run();
     let _ = kicker.join();
-    match result {
-        Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
-        other => {
-            return Err(Outcome::Fail(format!(
-                "RUN of a spinning guest after a signal: {other:?}, want EINTR"
-            )))
-        }
-    }
-    ensure!(
-        t.vcpu.run_area().exit_reason == sys::RVMX_EXIT_INTR,
-        "exit reason {}",
-        t.vcpu.run_area().exit_reason
-    );
+    expect_eintr(&mut t, result, "RUN of a spinning guest after a signal")?;
     let rip = t.vcpu.regs().ctx("GET_REGS")?.rip;
     ensure!(rip == CODE, "RIP {rip:#x}: the guest left its loop");
     Ok(())
@@ -1100,5 +1077,19 @@ fn fds_from_another_process_are_eio(_: &Ctx) -> TestResult {
         "a child process could use the parent's VM or vCPU fd (status {status:#x})"
     );
     vcpu.regs().ctx("the parent's vCPU afterwards")?;
+    Ok(())
+}
+
+/// `RVMX_RUN` ended with EINTR and `RVMX_EXIT_INTR` in the run area.
+fn expect_eintr(t: &mut TestVm, result: std::io::Result<()>, what: &str) -> TestResult {
+    match result {
+        Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
+        other => return Err(Outcome::Fail(format!("{what}: {other:?}, want EINTR"))),
+    }
+    let reason = t.vcpu.run_area().exit_reason;
+    ensure!(
+        reason == sys::RVMX_EXIT_INTR,
+        "{what}: exit reason {reason}, want RVMX_EXIT_INTR"
+    );
     Ok(())
 }
