@@ -191,10 +191,13 @@ impl Vcpu {
             ept_generation: 0,
             guest,
         };
+        // If the allocation fails, `PinnedDrop` never runs: free the VPID here.
+        let host = vm.host.clone();
         Arc::pin_init(
             try_pin_init!(Self { vm, id, vpid, run, state <- new_mutex!(state) }),
             GFP_KERNEL_ACCOUNT,
         )
+        .inspect_err(|_| host.vpids.free(vpid))
     }
 
     /// Runs `f` with this vCPU's VMCS current on this CPU, in a window.
