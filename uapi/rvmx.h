@@ -179,6 +179,7 @@ struct rvmx_msrs {
 #define RVMX_EXIT_INTERNAL_ERROR	17
 #define RVMX_EXIT_X86_RDMSR		29
 #define RVMX_EXIT_X86_WRMSR		30
+#define RVMX_EXIT_IOAPIC_EOI		26
 
 #define RVMX_EXIT_IO_IN		0
 #define RVMX_EXIT_IO_OUT	1
@@ -237,6 +238,13 @@ struct rvmx_exit_msr {
 /* struct rvmx_exit_msr.reason: an MSR rvmx does not virtualize. */
 #define RVMX_MSR_EXIT_REASON_UNKNOWN	(1u << 1)
 
+/* RVMX_EXIT_IOAPIC_EOI: the guest ended a level-triggered interrupt (its
+ * MSI had the level trigger bit); the VMM's I/O APIC clears remote IRR and
+ * re-delivers the line if it is still asserted. */
+struct rvmx_exit_eoi {
+	__u8 vector;
+};
+
 struct rvmx_exit_internal {
 	__u32 suberror;
 	__u32 ndata;
@@ -245,7 +253,7 @@ struct rvmx_exit_internal {
 
 struct rvmx_run {
 	/* in */
-	__u8 request_interrupt_window;	/* must be 0: no interrupt injection yet */
+	__u8 request_interrupt_window;	/* must be 0: the local APICs are rvmx's */
 	__u8 immediate_exit;
 	__u8 padding1[6];
 
@@ -274,6 +282,8 @@ struct rvmx_run {
 		struct rvmx_exit_internal internal;
 		/* RVMX_EXIT_X86_RDMSR, RVMX_EXIT_X86_WRMSR */
 		struct rvmx_exit_msr msr;
+		/* RVMX_EXIT_IOAPIC_EOI */
+		struct rvmx_exit_eoi eoi;
 		char padding[256];
 	};
 };
@@ -293,6 +303,22 @@ struct rvmx_run {
 /* Argument: RVMX_MSR_EXIT_REASON_UNKNOWN to send RDMSR/WRMSR of MSRs rvmx
  * does not virtualize to user space instead of raising #GP; 0 to stop. */
 #define RVMX_SET_USER_MSR_EXITS	_IO(RVMXIO, 0x12)
+
+/*
+ * Delivers a message-signalled interrupt as the system bus would: address
+ * 0xFEExxxxx with the destination in bits 19:12 (and 63:40 of address_hi
+ * for x2APIC ids), destination mode bit 2; data with the vector in bits
+ * 7:0, delivery mode 10:8, trigger mode bit 15. Same layout as KVM's
+ * struct kvm_msi. Returns the number of local APICs that accepted it.
+ */
+struct rvmx_msi {
+	__u32 address_lo;
+	__u32 address_hi;
+	__u32 data;
+	__u32 flags;	/* zero */
+	__u8 pad[16];	/* zero */
+};
+#define RVMX_SIGNAL_MSI		_IOW(RVMXIO, 0x13, struct rvmx_msi)
 
 /* ioctls on a vCPU fd */
 #define RVMX_RUN		_IO(RVMXIO, 0x20)

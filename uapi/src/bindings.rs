@@ -57,6 +57,7 @@ pub const RVMX_EXIT_INTR: u32 = 10;
 pub const RVMX_EXIT_INTERNAL_ERROR: u32 = 17;
 pub const RVMX_EXIT_X86_RDMSR: u32 = 29;
 pub const RVMX_EXIT_X86_WRMSR: u32 = 30;
+pub const RVMX_EXIT_IOAPIC_EOI: u32 = 26;
 pub const RVMX_EXIT_IO_IN: u32 = 0;
 pub const RVMX_EXIT_IO_OUT: u32 = 1;
 pub const RVMX_INTERNAL_ERROR_UNHANDLED_EXIT: u32 = 1;
@@ -72,6 +73,7 @@ pub const RVMX_GET_SUPPORTED_CPUID: u32 = 3221794564;
 pub const RVMX_SET_USER_MEMORY_REGION: u32 = 1075883792;
 pub const RVMX_CREATE_VCPU: u32 = 44817;
 pub const RVMX_SET_USER_MSR_EXITS: u32 = 44818;
+pub const RVMX_SIGNAL_MSI: u32 = 1075883795;
 pub const RVMX_RUN: u32 = 44832;
 pub const RVMX_GET_REGS: u32 = 2156965665;
 pub const RVMX_SET_REGS: u32 = 1083223842;
@@ -689,6 +691,19 @@ const _: () = {
 };
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
+pub struct rvmx_exit_eoi {
+    pub vector: __u8,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of rvmx_exit_eoi"][::core::mem::size_of::<rvmx_exit_eoi>() - 1usize];
+    ["Alignment of rvmx_exit_eoi"][::core::mem::align_of::<rvmx_exit_eoi>() - 1usize];
+    [
+        "Offset of field: rvmx_exit_eoi::vector",
+    ][::core::mem::offset_of!(rvmx_exit_eoi, vector) - 0usize];
+};
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
 pub struct rvmx_exit_internal {
     pub suberror: __u32,
     pub ndata: __u32,
@@ -736,6 +751,7 @@ pub union rvmx_run__bindgen_ty_1 {
     pub hypercall: rvmx_exit_hypercall,
     pub internal: rvmx_exit_internal,
     pub msr: rvmx_exit_msr,
+    pub eoi: rvmx_exit_eoi,
     pub padding: [core::ffi::c_char; 256usize],
 }
 #[allow(clippy::unnecessary_operation, clippy::identity_op)]
@@ -767,6 +783,9 @@ const _: () = {
     [
         "Offset of field: rvmx_run__bindgen_ty_1::msr",
     ][::core::mem::offset_of!(rvmx_run__bindgen_ty_1, msr) - 0usize];
+    [
+        "Offset of field: rvmx_run__bindgen_ty_1::eoi",
+    ][::core::mem::offset_of!(rvmx_run__bindgen_ty_1, eoi) - 0usize];
     [
         "Offset of field: rvmx_run__bindgen_ty_1::padding",
     ][::core::mem::offset_of!(rvmx_run__bindgen_ty_1, padding) - 0usize];
@@ -800,4 +819,31 @@ const _: () = {
     [
         "Offset of field: rvmx_run::apic_base",
     ][::core::mem::offset_of!(rvmx_run, apic_base) - 24usize];
+};
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct rvmx_msi {
+    pub address_lo: __u32,
+    pub address_hi: __u32,
+    pub data: __u32,
+    pub flags: __u32,
+    pub pad: [__u8; 16usize],
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of rvmx_msi"][::core::mem::size_of::<rvmx_msi>() - 32usize];
+    ["Alignment of rvmx_msi"][::core::mem::align_of::<rvmx_msi>() - 4usize];
+    [
+        "Offset of field: rvmx_msi::address_lo",
+    ][::core::mem::offset_of!(rvmx_msi, address_lo) - 0usize];
+    [
+        "Offset of field: rvmx_msi::address_hi",
+    ][::core::mem::offset_of!(rvmx_msi, address_hi) - 4usize];
+    [
+        "Offset of field: rvmx_msi::data",
+    ][::core::mem::offset_of!(rvmx_msi, data) - 8usize];
+    [
+        "Offset of field: rvmx_msi::flags",
+    ][::core::mem::offset_of!(rvmx_msi, flags) - 12usize];
+    ["Offset of field: rvmx_msi::pad"][::core::mem::offset_of!(rvmx_msi, pad) - 16usize];
 };
