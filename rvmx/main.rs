@@ -9,11 +9,13 @@ use kernel::{
 };
 
 mod anon_file;
+mod arch;
 mod dev;
 mod ept;
 mod exit;
 mod ioctl;
 mod irq;
+mod lapic;
 mod mem;
 mod phys;
 mod uapi;

@@ -35,5 +35,6 @@ plain_bytes!(
     rvmx_regs,
     rvmx_sregs,
     rvmx_cpuid_entry,
-    rvmx_msr_entry
+    rvmx_msr_entry,
+    rvmx_msi
 );

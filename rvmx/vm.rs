@@ -14,16 +14,18 @@ use kernel::{
 use crate::{
     anon_file::{self, AnonFile},
     ioctl,
+    lapic::delivery::{DeliveryMode, Message, Shorthand},
     mem::{Memory, Unmapped},
     uapi,
-    vcpu::Vcpu,
+    vcpu::{mailbox::Mailbox, Vcpu},
     vmx::{controls::Controls, host::VmxHost},
 };
 
-const VM_IOCTLS: [u32; 3] = [
+const VM_IOCTLS: [u32; 4] = [
     uapi::RVMX_SET_USER_MEMORY_REGION,
     uapi::RVMX_CREATE_VCPU,
     uapi::RVMX_SET_USER_MSR_EXITS,
+    uapi::RVMX_SIGNAL_MSI,
 ];
 
 #[pin_data]
@@ -47,6 +49,10 @@ pub(crate) struct Vm {
     /// vCPU ids in use (bit per id).
     #[pin]
     vcpu_ids: Mutex<u32>,
+    /// One per possible vCPU id, made with the VM and never replaced, so a
+    /// sender (another vCPU, with interrupts off) finds its destinations
+    /// without a lock.
+    mailboxes: KVec<Arc<Mailbox>>,
 }
 
 fn current_mm() -> usize {
@@ -65,6 +71,10 @@ impl Vm {
         })?;
         let memory = Memory::new()?;
         let eptp = memory.ept.eptp();
+        let mut mailboxes = KVec::with_capacity(uapi::RVMX_MAX_VCPUS as usize, GFP_KERNEL)?;
+        for _ in 0..uapi::RVMX_MAX_VCPUS {
+            mailboxes.push(Mailbox::new()?, GFP_KERNEL)?;
+        }
         Arc::pin_init(
             try_pin_init!(Self {
                 host,
@@ -75,6 +85,7 @@ impl Vm {
                 user_msr_exits: Atomic::new(0),
                 mem <- new_mutex!(memory),
                 vcpu_ids <- new_mutex!(0),
+                mailboxes,
             }),
             GFP_KERNEL_ACCOUNT,
         )
@@ -122,11 +133,70 @@ impl Vm {
             *ids |= 1 << id;
         }
         let vm: Arc<Self> = this.into();
-        let result = Vcpu::create(vm.clone(), id).and_then(anon_file::install);
+        let result = Vcpu::create(vm.clone(), id).and_then(|vcpu| {
+            vcpu.mailbox().set_present(true);
+            anon_file::install(vcpu)
+        });
         if result.is_err() {
             *vm.vcpu_ids.lock() &= !(1 << id);
         }
         Ok(result? as isize)
+    }
+
+    /// vCPU `id`'s mailbox (`id` < `RVMX_MAX_VCPUS`, checked at creation).
+    pub(crate) fn mailbox(&self, id: u32) -> &Mailbox {
+        &self.mailboxes[id as usize]
+    }
+
+    /// Delivers an interrupt message to the local APICs it selects; `from`
+    /// is the sending vCPU (`None`: the VMM). Returns how many accepted it.
+    /// Callable with interrupts off (a vCPU's ICR write in its window).
+    pub(crate) fn deliver(&self, from: Option<u32>, m: &Message) -> u32 {
+        let mut accepted = 0;
+        for (id, mb) in (0u32..).zip(self.mailboxes.iter()) {
+            if !mb.present() {
+                continue;
+            }
+            let is_self = from == Some(id);
+            let selected = match m.shorthand {
+                Shorthand::None => mb.target(id).matches(m),
+                Shorthand::SelfOnly => is_self,
+                Shorthand::AllIncludingSelf => true,
+                Shorthand::AllExcludingSelf => !is_self,
+            };
+            if !selected {
+                continue;
+            }
+            match m.mode {
+                DeliveryMode::Fixed | DeliveryMode::LowestPriority => {
+                    mb.post_fixed(m.vector, m.level_triggered)
+                }
+                DeliveryMode::Nmi => mb.post_nmi(),
+                // INIT level de-assert only synchronizes arbitration IDs.
+                DeliveryMode::Init if m.level_triggered && !m.assert => continue,
+                DeliveryMode::Init => mb.post_init(),
+                DeliveryMode::Startup => mb.post_sipi(m.vector),
+                // No SMM, and no 8259 to supply an ExtINT vector.
+                DeliveryMode::Smi | DeliveryMode::ExtInt => continue,
+            }
+            accepted += 1;
+            // Lowest priority: one recipient; the first match is as good as
+            // any when every vCPU runs at the same priority.
+            if m.mode == DeliveryMode::LowestPriority {
+                break;
+            }
+        }
+        accepted
+    }
+
+    fn signal_msi(&self, arg: usize) -> Result<isize> {
+        let msi: uapi::rvmx_msi = ioctl::read_arg(arg)?;
+        if msi.flags != 0 || msi.pad != [0; 16] {
+            return Err(EINVAL);
+        }
+        let address = (u64::from(msi.address_hi) << 32) | u64::from(msi.address_lo);
+        let m = Message::from_msi(address, msi.data).ok_or(EINVAL)?;
+        Ok(self.deliver(None, &m) as isize)
     }
 
     pub(crate) fn user_msr_exits(&self) -> bool {
@@ -158,6 +228,7 @@ impl AnonFile for Vm {
             uapi::RVMX_SET_USER_MEMORY_REGION => this.set_user_memory_region(arg),
             uapi::RVMX_CREATE_VCPU => Self::create_vcpu(this, arg),
             uapi::RVMX_SET_USER_MSR_EXITS => this.set_user_msr_exits(arg),
+            uapi::RVMX_SIGNAL_MSI => this.signal_msi(arg),
             _ => Err(ioctl::unknown(cmd, &VM_IOCTLS)),
         }
     }

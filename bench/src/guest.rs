@@ -12,6 +12,8 @@ const CODE: u64 = 0x1000;
 const MMIO: u64 = 0x1000_0000;
 const RESULT: u64 = 0x1000_1000;
 const PIO_PORT: u16 = 0x10;
+/// The port the guest writes to when it is done (HLT would sleep on rvmx).
+const DONE_PORT: u16 = 0xf4;
 
 #[derive(Clone, Copy, Debug)]
 pub enum Op {
@@ -65,12 +67,13 @@ fn code(op: Op, n: u64) -> Vec<u8> {
     c.extend_from_slice(body);
     // dec r8; jnz body
     c.extend_from_slice(&[0x49, 0xff, 0xc8, 0x75, (-(body.len() as i8 + 5)) as u8]);
-    // rdtsc; shl rdx, 32; or rax, rdx; sub rax, r9; mov rbx, RESULT; mov [rbx], rax; hlt
+    // rdtsc; shl rdx, 32; or rax, rdx; sub rax, r9; mov rbx, RESULT; mov [rbx], rax;
+    // out DONE_PORT, al
     c.extend_from_slice(&[
         0x0f, 0x31, 0x48, 0xc1, 0xe2, 0x20, 0x48, 0x09, 0xd0, 0x4c, 0x29, 0xc8, 0x48, 0xbb,
     ]);
     c.extend_from_slice(&RESULT.to_le_bytes());
-    c.extend_from_slice(&[0x48, 0x89, 0x03, 0xf4]);
+    c.extend_from_slice(&[0x48, 0x89, 0x03, 0xe6, DONE_PORT as u8]);
     c
 }
 
@@ -99,7 +102,7 @@ pub fn measure(hv: Hypervisor, op: Op, n: u64) -> Result<u64, String> {
                     result = Some(u64::from_le_bytes(m.data));
                 }
             }
-            sys::RVMX_EXIT_HLT => break,
+            sys::RVMX_EXIT_IO if unsafe { run.__bindgen_anon_1.io.port } == DONE_PORT => break,
             other => return Err(format!("{op:?} on {hv:?}: unexpected exit {other}")),
         }
     }

@@ -4,22 +4,26 @@
 //! does not virtualize. Pure logic: also compiled into the host unit tests.
 
 /// CPUID.1:ECX bits rvmx hides: MONITOR/MWAIT (3; MWAIT exits as #UD),
-/// VMX (5; no nested VMX), SMX (6), EST (7), TM2 (8), SDBG (11), PDCM (15),
-/// x2APIC (21), TSC-deadline (24; no local APIC yet).
-const LEAF1_ECX_HIDDEN: u32 = (1 << 3)
-    | (1 << 5)
-    | (1 << 6)
-    | (1 << 7)
-    | (1 << 8)
-    | (1 << 11)
-    | (1 << 15)
-    | (1 << 21)
-    | (1 << 24);
+/// VMX (5; no nested VMX), SMX (6), EST (7), TM2 (8), SDBG (11), PDCM (15).
+const LEAF1_ECX_HIDDEN: u32 =
+    (1 << 3) | (1 << 5) | (1 << 6) | (1 << 7) | (1 << 8) | (1 << 11) | (1 << 15);
+/// CPUID.1:ECX bits of rvmx's local APIC: x2APIC (21), TSC-deadline (24).
+const LEAF1_ECX_APIC: u32 = (1 << 21) | (1 << 24);
+/// CPUID.1:EDX.APIC[9]: rvmx's local APIC.
+const LEAF1_EDX_APIC: u32 = 1 << 9;
 /// CPUID.1:ECX.hypervisor: the guest runs under a hypervisor.
 const LEAF1_ECX_HYPERVISOR: u32 = 1 << 31;
-/// CPUID.1:EDX bits rvmx hides: APIC (9), MCE (7) and MCA (14) (no
-/// machine-check virtualization), ACPI thermal (22), TM (29), PBE (31).
-const LEAF1_EDX_HIDDEN: u32 = (1 << 7) | (1 << 9) | (1 << 14) | (1 << 22) | (1 << 29) | (1 << 31);
+/// CPUID.1:EDX bits rvmx hides: MCE (7) and MCA (14) (no machine-check
+/// virtualization), ACPI thermal (22), TM (29), PBE (31).
+const LEAF1_EDX_HIDDEN: u32 = (1 << 7) | (1 << 14) | (1 << 22) | (1 << 29) | (1 << 31);
+/// CPUID.6:EAX.ARAT[2]: the local APIC timer runs in every C-state.
+const LEAF6_EAX_ARAT: u32 = 1 << 2;
+
+/// The TSC leaves rvmx fills in (0x15: TSC/crystal ratio and crystal
+/// frequency; 0x16: processor base frequency), so a guest knows its TSC
+/// and local APIC timer rates without calibrating them against a PIT.
+const LEAF_TSC: u32 = 0x15;
+const LEAF_FREQUENCY: u32 = 0x16;
 
 /// CPUID.(7,0):EBX.TSC_ADJUST[1]: IA32_TSC_ADJUST, which rvmx does not
 /// virtualize.
@@ -29,21 +33,34 @@ const LEAF7_EBX_TSC_ADJUST: u32 = 1 << 1;
 const LEAFD1_EAX_HIDDEN: u32 = (1 << 3) | (1 << 4);
 
 /// The guest's view of CPUID leaf `leaf`, sub-leaf `subleaf`, given the
-/// host's registers (eax, ebx, ecx, edx) and the vCPU's id.
-pub(crate) fn filter(leaf: u32, subleaf: u32, host: [u32; 4], vcpu_id: u32) -> [u32; 4] {
+/// host's registers (eax, ebx, ecx, edx), the vCPU's id and the TSC
+/// frequency.
+pub(crate) fn filter(
+    leaf: u32,
+    subleaf: u32,
+    host: [u32; 4],
+    vcpu_id: u32,
+    tsc_khz: u32,
+) -> [u32; 4] {
     let [eax, ebx, ecx, edx] = host;
     match leaf {
+        0 => [eax.clamp(LEAF_FREQUENCY, MAX_BASIC), ebx, ecx, edx],
         1 => [
             eax,
             // The initial APIC id is the vCPU id; one logical processor.
             (ebx & 0x0000_ffff) | (vcpu_id << 24) | (1 << 16),
-            (ecx & !LEAF1_ECX_HIDDEN) | LEAF1_ECX_HYPERVISOR,
-            edx & !LEAF1_EDX_HIDDEN,
+            (ecx & !LEAF1_ECX_HIDDEN) | LEAF1_ECX_HYPERVISOR | LEAF1_ECX_APIC,
+            (edx & !LEAF1_EDX_HIDDEN) | LEAF1_EDX_APIC,
         ],
+        // Thermal/power: only that the APIC timer always runs.
+        6 => [LEAF6_EAX_ARAT, 0, 0, 0],
+        // TSC = crystal * 1 / 1, crystal in Hz: the local APIC timer's rate.
+        LEAF_TSC => [1, 1, tsc_khz.saturating_mul(1000), 0],
+        LEAF_FREQUENCY => [tsc_khz / 1000, tsc_khz / 1000, 0, 0],
         7 if subleaf == 0 => [eax, ebx & !LEAF7_EBX_TSC_ADJUST, ecx, edx],
         0xd if subleaf == 1 => [eax & !LEAFD1_EAX_HIDDEN, ebx, ecx, edx],
-        // Thermal/power (6), performance monitoring (0xa): nothing.
-        6 | 0xa => [0; 4],
+        // Performance monitoring: nothing.
+        0xa => [0; 4],
         // Cache/topology leaves describe the host's cores: say one core.
         4 => [eax & 0x3ff, ebx, ecx, edx],
         0xb | 0x1f => [0, 0, 0, vcpu_id],
@@ -76,9 +93,13 @@ const MAX_EXTENDED: u32 = 0x8000_0021;
 /// and extended leaf of the host, with the sub-leaves of the leaves that
 /// have them, each filtered as the guest would see it on vCPU 0, and
 /// rvmx's hypervisor leaf.
-pub(crate) fn supported(host: impl Fn(u32, u32) -> [u32; 4], mut emit: impl FnMut(Entry)) {
+pub(crate) fn supported(
+    host: impl Fn(u32, u32) -> [u32; 4],
+    tsc_khz: u32,
+    mut emit: impl FnMut(Entry),
+) {
     let mut put = |leaf, subleaf, significant| {
-        let regs = filter(leaf, subleaf, host(leaf, subleaf), 0);
+        let regs = filter(leaf, subleaf, host(leaf, subleaf), 0, tsc_khz);
         emit(Entry {
             leaf,
             subleaf,
@@ -86,7 +107,7 @@ pub(crate) fn supported(host: impl Fn(u32, u32) -> [u32; 4], mut emit: impl FnMu
             regs,
         });
     };
-    let max_basic = host(0, 0)[0].min(MAX_BASIC);
+    let max_basic = host(0, 0)[0].clamp(LEAF_FREQUENCY, MAX_BASIC);
     for leaf in 0..=max_basic {
         match leaf {
             // Deterministic cache parameters: until the cache type is 0.
@@ -116,17 +137,18 @@ mod tests {
 
     #[test]
     fn leaf1_hides_vmx_and_says_hypervisor() {
-        let [_, ebx, ecx, edx] = filter(1, 0, [0x506e3, 0x0102_0800, 0xffff_ffff, 0xffff_ffff], 3);
+        let [_, ebx, ecx, edx] = filter(1, 0, [0x506e3, 0x0102_0800, 0, 0xffff_ffff], 3, 0);
         assert_eq!(ecx & (1 << 5), 0, "VMX visible");
         assert_ne!(ecx & (1 << 31), 0, "hypervisor bit missing");
-        assert_eq!(edx & (1 << 9), 0, "APIC visible");
+        assert_ne!(edx & (1 << 9), 0, "APIC hidden");
+        assert_eq!(ecx & LEAF1_ECX_APIC, LEAF1_ECX_APIC, "x2APIC, TSC-deadline");
         assert_eq!(ebx >> 24, 3, "APIC id is not the vCPU id");
         assert_eq!(ebx & 0xffff, 0x0800);
     }
 
     #[test]
     fn hypervisor_signature() {
-        let [max, b, c, d] = filter(0x4000_0000, 0, [0; 4], 0);
+        let [max, b, c, d] = filter(0x4000_0000, 0, [0; 4], 0, 0);
         assert_eq!(max, 0x4000_0000);
         let sig: [u8; 12] = [b.to_le_bytes(), c.to_le_bytes(), d.to_le_bytes()]
             .concat()
@@ -147,7 +169,7 @@ mod tests {
             _ => [0; 4],
         };
         let mut all = Vec::new();
-        supported(host, |e| all.push(e));
+        supported(host, 2_000_000, |e| all.push(e));
         let find = |l, s| all.iter().find(|e| e.leaf == l && e.subleaf == s).copied();
         assert_eq!(
             find(1, 0).map(|e| e.regs[2] & (1 << 5)),
@@ -158,6 +180,10 @@ mod tests {
         assert_eq!(all.iter().filter(|e| e.leaf == 7).count(), 2);
         assert!(find(0xd, 2).is_some() && find(0xd, 3).is_none());
         assert!(find(0x4000_0000, 0).is_some());
+        assert_eq!(find(0, 0).map(|e| e.regs[0]), Some(0x16), "TSC leaves");
+        assert_eq!(find(0x15, 0).map(|e| e.regs), Some([1, 1, 2_000_000_000, 0]));
+        assert_eq!(find(0x16, 0).map(|e| e.regs[0]), Some(2000));
+        assert_eq!(find(6, 0).map(|e| e.regs[0]), Some(LEAF6_EAX_ARAT));
         assert!(find(0x8000_0008, 0).is_some() && find(0x8000_0009, 0).is_none());
         assert!(
             find(7, 1).is_some_and(|e| e.significant) && find(2, 0).is_some_and(|e| !e.significant)
@@ -167,21 +193,21 @@ mod tests {
     #[test]
     fn hides_msrs_rvmx_does_not_virtualize() {
         assert_eq!(
-            filter(7, 0, [0, 0xffff_ffff, 0, 0], 0)[1] & (1 << 1),
+            filter(7, 0, [0, 0xffff_ffff, 0, 0], 0, 0)[1] & (1 << 1),
             0,
             "TSC_ADJUST"
         );
         assert_eq!(
-            filter(7, 1, [0, 0xffff_ffff, 0, 0], 0)[1],
+            filter(7, 1, [0, 0xffff_ffff, 0, 0], 0, 0)[1],
             0xffff_ffff,
             "sub-leaf 1 untouched"
         );
-        assert_eq!(filter(0xd, 1, [0xff, 0, 0, 0], 0)[0], 0xe7, "XSAVES/XFD");
+        assert_eq!(filter(0xd, 1, [0xff, 0, 0, 0], 0, 0)[0], 0xe7, "XSAVES/XFD");
     }
 
     #[test]
     fn other_leaves_pass_through() {
-        assert_eq!(filter(0, 0, [0xd, 1, 2, 3], 0), [0xd, 1, 2, 3]);
-        assert_eq!(filter(0x8000_0001, 0, [4, 5, 6, 7], 0), [4, 5, 6, 7]);
+        assert_eq!(filter(0, 0, [0x1b, 1, 2, 3], 0, 0), [0x1b, 1, 2, 3]);
+        assert_eq!(filter(0x8000_0001, 0, [4, 5, 6, 7], 0, 0), [4, 5, 6, 7]);
     }
 }

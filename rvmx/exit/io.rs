@@ -74,7 +74,7 @@ fn set_exit(vcpu: &Vcpu, io: IoAccess, direction: u32, count: u32) {
 
 /// Puts the `size` bytes the VMM left for an IN into RAX: a 32-bit IN
 /// zero-extends into RAX, 8- and 16-bit ones keep the other bits.
-pub(super) fn complete_in(vcpu: &Vcpu, g: &mut Guest, size: u8) {
+pub(crate) fn complete_in(vcpu: &Vcpu, g: &mut Guest, size: u8) {
     let mut bytes = [0u8; 8];
     let size = usize::from(size.min(4));
     vcpu.run.read_data(0, &mut bytes[..size]);
@@ -201,7 +201,7 @@ pub(crate) fn emulate_string(vcpu: &Vcpu, g: &mut Guest, s: &StringIo) -> Emulat
 }
 
 /// Finishes an INS: the VMM's data goes to guest memory.
-pub(super) fn complete_in_string(vcpu: &Vcpu, g: &mut Guest, s: &StringIo, count: u64) {
+pub(crate) fn complete_in_string(vcpu: &Vcpu, g: &mut Guest, s: &StringIo, count: u64) {
     s.for_each_chunk(count, |la, at, buf| {
         vcpu.run.read_data(at, buf);
         if s.backwards {

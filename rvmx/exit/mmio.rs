@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: GPL-2.0
 
 //! MMIO: a guest access to a guest-physical address outside every slot, or
-//! a write to a read-only slot, becomes an `RVMX_EXIT_MMIO` for user space.
+//! a write to a read-only slot, becomes an `RVMX_EXIT_MMIO` for user space,
+//! except an access to the vCPU's xAPIC page, which its local APIC serves.
 //!
 //! The EPT violation only gives the address, so rvmx fetches the faulting
 //! instruction from guest memory and decodes it (`decode`). Fetching reads
@@ -21,7 +22,7 @@ use crate::{
 
 use super::{
     decode::{self, CodeMode, MmioInsn, Op, Reg},
-    guest_mem,
+    guest_mem, lapic,
     pagewalk::Paging,
     reason::EptViolation,
 };
@@ -126,6 +127,9 @@ pub(crate) fn emulate(vcpu: &Vcpu, g: &mut Guest, f: &Fault) -> Emulated {
         }
         Some(insn) => insn,
     };
+    if let Some(page) = g.lapic.mmio_page().filter(|&p| f.gpa & !0xfff == p) {
+        return local_apic(vcpu, g, f, &insn, f.gpa - page);
+    }
     let value = match insn.op {
         Op::StoreReg(r) => Some(reg_value(g, f, r)),
         Op::StoreImm(imm) => Some(imm),
@@ -159,14 +163,55 @@ pub(crate) fn emulate(vcpu: &Vcpu, g: &mut Guest, f: &Fault) -> Emulated {
     Emulated::ToUser
 }
 
+/// An access to the xAPIC page: 32-bit registers at 16-byte offsets. Other
+/// sizes and misaligned accesses read 0 and write nothing (the SDM leaves
+/// them undefined).
+fn local_apic(vcpu: &Vcpu, g: &mut Guest, f: &Fault, insn: &MmioInsn, offset: u64) -> Emulated {
+    let aligned = insn.size == 4 && offset & 0xf == 0;
+    let offset = offset as u32;
+    let now = crate::vmx::instr::rdtsc();
+    g.rip_advance = u64::from(insn.len);
+    let value = match insn.op {
+        Op::StoreReg(r) => reg_value(g, f, r),
+        Op::StoreImm(imm) => imm,
+        Op::Load { dest, dest_bytes } => {
+            let value = if aligned {
+                g.lapic.read(offset, now).unwrap_or(0)
+            } else {
+                0
+            };
+            set_loaded(g, u64::from(value), insn.size, dest, dest_bytes);
+            return Emulated::Retry;
+        }
+    };
+    if aligned {
+        // xAPIC writes to read-only registers are ignored, never faults.
+        if let Ok(effect) = g.lapic.write(offset, value & 0xffff_ffff, now) {
+            if lapic::apply(vcpu, g, effect) {
+                return Emulated::ToUser;
+            }
+        }
+    }
+    Emulated::Retry
+}
+
 /// Puts the data user space supplied for an MMIO load into the register.
-pub(super) fn complete_load(vcpu: &Vcpu, g: &mut Guest, size: u8, dest: Reg, dest_bytes: u8) {
+pub(crate) fn complete_load(vcpu: &Vcpu, g: &mut Guest, size: u8, dest: Reg, dest_bytes: u8) {
     let mmio: uapi::rvmx_exit_mmio = vcpu.run.exit_details();
     let mut bytes = [0u8; 8];
     for (d, s) in bytes.iter_mut().zip(mmio.data).take(usize::from(size)) {
         *d = s;
     }
-    let value = u64::from_le_bytes(bytes);
+    set_loaded(g, u64::from_le_bytes(bytes), size, dest, dest_bytes);
+}
+
+/// Writes the `size` bytes an MMIO load read into its destination register.
+fn set_loaded(g: &mut Guest, value: u64, size: u8, dest: Reg, dest_bytes: u8) {
+    let value = if size >= 8 {
+        value
+    } else {
+        value & ((1u64 << (8 * size)) - 1)
+    };
     let reg = &mut g.regs.gpr[usize::from(dest.num & 0xf)];
     *reg = match (dest_bytes, dest.high_byte) {
         (_, true) => (*reg & !0xff00) | ((value & 0xff) << 8),
@@ -175,11 +220,4 @@ pub(super) fn complete_load(vcpu: &Vcpu, g: &mut Guest, size: u8, dest: Reg, des
         // 32-bit destinations zero-extend; 64-bit ones take it all.
         _ => value,
     };
-}
-
-/// Moves RIP past an emulated instruction, at the next entry.
-pub(crate) fn advance_rip(vmcs: &CurrentVmcs<'_>, g: &mut Guest) {
-    if g.rip_advance != 0 {
-        super::advance_rip(vmcs, core::mem::take(&mut g.rip_advance));
-    }
 }

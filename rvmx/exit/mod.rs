@@ -2,23 +2,32 @@
 
 //! VM-exit handling: the raw exit is decoded once (`reason`) and dispatched
 //! with a `match`; each handler either finishes the exit in the kernel and
-//! resumes the guest, or fills the run area for user space.
+//! resumes the guest, or fills the run area for user space. What the next
+//! entry injects is decided by `vcpu::entry`, from what handlers leave in
+//! the guest state (`Guest::raise`, the local APIC).
 
 pub(crate) mod cpuid;
+mod cr;
 pub(crate) mod decode;
+mod dr;
 mod guest_mem;
 pub(crate) mod io;
+pub(crate) mod lapic;
 pub(crate) mod mmio;
 pub(crate) mod msr;
 pub(crate) mod pagewalk;
 pub(crate) mod reason;
+mod vmcall;
+mod xsetbv;
 
 use crate::{
+    arch::rflags,
     uapi,
-    vcpu::{self, regs::RAX, Guest, Pending, Vcpu},
+    vcpu::{self, entry::Event, regs::RAX, Guest, MpState, Vcpu},
     vmx::{
         current::CurrentVmcs,
-        vmcs::{Field32, Field32Ro, Field64Ro, FieldNat, FieldNatRo},
+        instr,
+        vmcs::{Field32Ro, Field64Ro, FieldNat, FieldNatRo},
     },
 };
 
@@ -28,7 +37,8 @@ use reason::{CrAccess, EptViolation, ExitReason, Reason};
 pub(crate) enum Action {
     /// Handled: enter the guest again, still inside the window.
     Resume,
-    /// Leave the window so the host can take an interrupt, then enter again.
+    /// Leave the window so the host can take an interrupt, or the vCPU can
+    /// sleep (HLT), then go on.
     Host,
     /// As `Host`, and hand the NMI that caused the exit to the host.
     Nmi,
@@ -40,55 +50,15 @@ pub(crate) enum Action {
     StringIo(io::StringIo),
 }
 
-/// The guest's local APIC base MSR: default address, enabled, BSP.
-pub(crate) const APIC_BASE_DEFAULT: u64 = 0xfee0_0000 | (1 << 11) | (1 << 8);
-
-const VECTOR_UD: u8 = 6;
-const VECTOR_GP: u8 = 13;
-const INTR_TYPE_NMI: u32 = 2;
-const INTR_TYPE_HW_EXCEPTION: u32 = 3;
-const INTR_VALID: u32 = 1 << 31;
-const INTR_DELIVER_ERROR_CODE: u32 = 1 << 11;
-/// Interruptibility: blocking by STI and by MOV SS end with the instruction.
-const BLOCKING_STI_MOV_SS: u32 = 0b11;
-
 /// Moves RIP past the instruction that exited.
 pub(crate) fn skip_instruction(vmcs: &CurrentVmcs<'_>) {
-    advance_rip(vmcs, u64::from(vmcs.read(Field32Ro::ExitInstructionLength)));
+    vcpu::entry::advance_rip(vmcs, u64::from(vmcs.read(Field32Ro::ExitInstructionLength)));
 }
 
-/// Moves RIP `len` bytes on, ending STI/MOV SS blocking as executing an
-/// instruction does.
-fn advance_rip(vmcs: &CurrentVmcs<'_>, len: u64) {
-    vmcs.write(
-        FieldNat::GuestRip,
-        vmcs.read(FieldNat::GuestRip).wrapping_add(len),
-    );
-    let intr = vmcs.read(Field32::GuestInterruptibility);
-    if intr & BLOCKING_STI_MOV_SS != 0 {
-        vmcs.write(Field32::GuestInterruptibility, intr & !BLOCKING_STI_MOV_SS);
-    }
-}
-
-/// Queues hardware exception `vector` for delivery at the next VM entry.
-fn inject(vmcs: &CurrentVmcs<'_>, vector: u8, error_code: Option<u32>) -> Action {
-    let mut info = u32::from(vector) | (INTR_TYPE_HW_EXCEPTION << 8) | INTR_VALID;
-    // Without protected mode there are no error codes (and VM entry
-    // refuses one).
-    if let Some(code) = error_code.filter(|_| vcpu::guest_cr0(vmcs) & 1 != 0) {
-        info |= INTR_DELIVER_ERROR_CODE;
-        vmcs.write(Field32::EntryExceptionErrorCode, code);
-    }
-    vmcs.write(Field32::EntryInterruptionInfo, info);
+/// Raises `e` in the guest at the next entry; RIP stays on the instruction.
+pub(crate) fn raise(g: &mut Guest, e: Event) -> Action {
+    g.raise(e);
     Action::Resume
-}
-
-pub(crate) fn inject_ud(vmcs: &CurrentVmcs<'_>) -> Action {
-    inject(vmcs, VECTOR_UD, None)
-}
-
-pub(crate) fn inject_gp(vmcs: &CurrentVmcs<'_>) -> Action {
-    inject(vmcs, VECTOR_GP, Some(0))
 }
 
 /// The guest's paging registers, to walk its page tables out of the window.
@@ -99,6 +69,12 @@ fn guest_paging(vmcs: &CurrentVmcs<'_>) -> pagewalk::Paging {
         cr4: vmcs.read(FieldNat::GuestCr4),
         efer: vmcs.read(crate::vmx::vmcs::Field64::GuestIa32Efer),
     }
+}
+
+/// The guest's current privilege level (SS.DPL).
+fn cpl(vmcs: &CurrentVmcs<'_>) -> u8 {
+    let ss = crate::vmx::vmcs::Seg::Ss.access_rights();
+    ((vmcs.read(ss) >> 5) & 3) as u8
 }
 
 /// Reads general-purpose register `n` (RSP lives in the VMCS).
@@ -146,7 +122,27 @@ pub(crate) fn report_entry_failure(vcpu: &Vcpu, reason: u64, cpu: u32) {
     );
 }
 
-pub(crate) fn handle(vcpu: &Vcpu, vmcs: &CurrentVmcs<'_>, g: &mut Guest) -> Action {
+/// HLT: the vCPU sleeps outside the window unless an event would end the
+/// halt at once.
+fn hlt(vcpu: &Vcpu, vmcs: &CurrentVmcs<'_>, g: &mut Guest) -> Action {
+    skip_instruction(vmcs);
+    vcpu::entry::fold_posted(vcpu.mailbox(), g);
+    let interrupts = vmcs.read(FieldNat::GuestRflags) & rflags::IF != 0;
+    if vcpu::entry::halt_wakes(g, interrupts) {
+        return Action::Resume;
+    }
+    g.mp = MpState::Halted;
+    g.halted_with_if = interrupts;
+    Action::Host
+}
+
+/// `window_end` is the TSC at which the VMX window must close.
+pub(crate) fn handle(
+    vcpu: &Vcpu,
+    vmcs: &CurrentVmcs<'_>,
+    g: &mut Guest,
+    window_end: u64,
+) -> Action {
     let raw = vmcs.read(Field32Ro::ExitReason);
     let reason = match ExitReason::decode(raw) {
         ExitReason::EntryFailure(basic) => {
@@ -163,34 +159,29 @@ pub(crate) fn handle(vcpu: &Vcpu, vmcs: &CurrentVmcs<'_>, g: &mut Guest) -> Acti
     // An exit in the middle of delivering an event (an interrupt or
     // exception through the IDT touched memory that exited): the event is
     // delivered again at the next entry.
-    let vectoring = vmcs.read(Field32Ro::IdtVectoringInfo);
-    if vectoring & INTR_VALID != 0 {
+    if let Some(e) = Event::interrupted(vmcs) {
         if reason == Reason::EptViolation {
             // Event delivery through MMIO cannot be emulated.
             return internal_error(
                 vcpu,
                 vmcs,
                 uapi::RVMX_INTERNAL_ERROR_EMULATION,
-                u64::from(vectoring),
+                u64::from(e.raw()),
             );
         }
-        vmcs.write(Field32::EntryInterruptionInfo, vectoring & !(1 << 12));
-        vmcs.write(
-            Field32::EntryExceptionErrorCode,
-            vmcs.read(Field32Ro::IdtVectoringErrorCode),
-        );
-        vmcs.write(
-            Field32::EntryInstructionLength,
-            vmcs.read(Field32Ro::ExitInstructionLength),
-        );
+        g.reinject = Some(e);
     }
     match reason {
-        // The timer bounds a stay in the guest: leave the window so pending
-        // host interrupts, signals and reschedules are seen.
-        Reason::ExternalInterrupt | Reason::PreemptionTimer => Action::Host,
+        Reason::ExternalInterrupt => Action::Host,
+        // The preemption timer is the local APIC timer (the next entry
+        // fires it) or the end of the window.
+        Reason::PreemptionTimer if instr::rdtsc() < window_end => Action::Resume,
+        Reason::PreemptionTimer => Action::Host,
+        // The guest can take what waited: the next entry injects it.
+        Reason::InterruptWindow | Reason::NmiWindow => Action::Resume,
         Reason::ExceptionOrNmi => {
             let info = vmcs.read(Field32Ro::ExitInterruptionInfo);
-            if (info >> 8) & 7 == INTR_TYPE_NMI {
+            if (info >> 8) & 7 == 2 {
                 Action::Nmi
             } else {
                 internal_error(
@@ -217,52 +208,19 @@ pub(crate) fn handle(vcpu: &Vcpu, vmcs: &CurrentVmcs<'_>, g: &mut Guest) -> Acti
             skip_instruction(vmcs);
             Action::Resume
         }
-        Reason::Hlt => {
-            skip_instruction(vmcs);
-            vcpu.run.set_exit(uapi::RVMX_EXIT_HLT, ());
-            Action::User
-        }
+        Reason::Hlt => hlt(vcpu, vmcs, g),
         Reason::Invd | Reason::Wbinvd => {
             skip_instruction(vmcs);
             Action::Resume
         }
-        Reason::Vmcall => {
-            let r = &g.regs.gpr;
-            let args = [r[3], r[1], r[2], r[6], r[7], r[8]];
-            skip_instruction(vmcs);
-            g.pending = Pending::Hypercall;
-            vcpu.run.set_exit(
-                uapi::RVMX_EXIT_HYPERCALL,
-                uapi::rvmx_exit_hypercall {
-                    nr: r[RAX],
-                    args,
-                    ret: 0,
-                    flags: 0,
-                },
-            );
-            Action::User
-        }
-        Reason::VmxInstruction | Reason::Mwait | Reason::Monitor => inject_ud(vmcs),
-        Reason::CrAccess => cr_access(vmcs, g, CrAccess::decode(qual), vcpu),
-        Reason::DrAccess => {
-            let (dr, to_dr, reg) = (
-                (qual & 7) as usize,
-                qual & (1 << 4) == 0,
-                ((qual >> 8) & 0xf) as u8,
-            );
-            if to_dr {
-                g.dr[dr] = gpr(vmcs, g, reg);
-            } else {
-                let v = g.dr[dr];
-                set_gpr(vmcs, g, reg, v);
-            }
-            skip_instruction(vmcs);
-            Action::Resume
-        }
+        Reason::Vmcall => vmcall::handle(vcpu, vmcs, g),
+        Reason::VmxInstruction | Reason::Mwait | Reason::Monitor => raise(g, Event::ud()),
+        Reason::CrAccess => cr::access(vcpu, vmcs, g, CrAccess::decode(qual)),
+        Reason::DrAccess => dr::access(vmcs, g, qual),
         Reason::Io => io::handle(vcpu, vmcs, g, reason::IoAccess::decode(qual)),
         Reason::Rdmsr => msr::rdmsr(vcpu, vmcs, g),
         Reason::Wrmsr => msr::wrmsr(vcpu, vmcs, g),
-        Reason::Xsetbv => xsetbv(vmcs, g),
+        Reason::Xsetbv => xsetbv::handle(vmcs, g),
         Reason::EptViolation => {
             let v = EptViolation::decode(qual);
             if v.fetch {
@@ -282,75 +240,5 @@ pub(crate) fn handle(vcpu: &Vcpu, vmcs: &CurrentVmcs<'_>, g: &mut Guest) -> Acti
             uapi::RVMX_INTERNAL_ERROR_UNHANDLED_EXIT,
             u64::from(raw),
         ),
-    }
-}
-
-fn cr_access(vmcs: &CurrentVmcs<'_>, g: &mut Guest, access: CrAccess, vcpu: &Vcpu) -> Action {
-    let cr0 = vcpu::guest_cr0(vmcs);
-    let result = match access {
-        CrAccess::MovTo { cr: 0, gpr: r } => vcpu::write_cr0(vcpu, vmcs, gpr(vmcs, g, r)),
-        CrAccess::MovTo { cr: 4, gpr: r } => vcpu::write_cr4(vcpu, vmcs, gpr(vmcs, g, r)),
-        CrAccess::MovTo { cr: 8, gpr: r } => {
-            let v = gpr(vmcs, g, r);
-            if v > 0xf {
-                return inject_gp(vmcs);
-            }
-            g.cr8 = v;
-            Ok(())
-        }
-        CrAccess::MovFrom { cr: 8, gpr: r } => {
-            let v = g.cr8;
-            set_gpr(vmcs, g, r, v);
-            Ok(())
-        }
-        CrAccess::Clts => vcpu::write_cr0(vcpu, vmcs, cr0 & !(1 << 3)),
-        // LMSW writes CR0 bits 3:0 but cannot clear PE.
-        CrAccess::Lmsw(src) => vcpu::write_cr0(vcpu, vmcs, (cr0 & !0xe) | u64::from(src & 0xf)),
-        // CR3 accesses do not exit with EPT; nothing else exists.
-        _ => return inject_ud(vmcs),
-    };
-    match result {
-        Ok(()) => {
-            skip_instruction(vmcs);
-            Action::Resume
-        }
-        Err(_) => inject_gp(vmcs),
-    }
-}
-
-/// XSETBV: XCR0 within what the host enables (as read before entering: the
-/// hardware XCR0 now is the guest's), with x87, and AVX only with SSE.
-fn xsetbv(vmcs: &CurrentVmcs<'_>, g: &mut Guest) -> Action {
-    let r = &g.regs.gpr;
-    let value = (r[vcpu::regs::RDX] << 32) | (r[RAX] & 0xffff_ffff);
-    let host = g.fpu.host_xcr0;
-    let valid = r[vcpu::regs::RCX] as u32 == 0
-        && value & 1 != 0
-        && value & !host == 0
-        && (value & 4 == 0 || value & 2 != 0);
-    if !valid {
-        return inject_gp(vmcs);
-    }
-    g.fpu.set_xcr0(value);
-    skip_instruction(vmcs);
-    Action::Resume
-}
-
-/// Finishes, at the next `RVMX_RUN`, the exit user space has handled.
-pub(crate) fn complete_pending(vcpu: &Vcpu, g: &mut Guest) {
-    match core::mem::take(&mut g.pending) {
-        Pending::None => {}
-        Pending::PortIn { size } => io::complete_in(vcpu, g, size),
-        Pending::PortInString { io, count } => io::complete_in_string(vcpu, g, &io, count),
-        Pending::MmioRead {
-            size,
-            dest,
-            dest_bytes,
-        } => mmio::complete_load(vcpu, g, size, dest, dest_bytes),
-        Pending::UserMsr { write, insn_len } => msr::complete_user(vcpu, g, write, insn_len),
-        Pending::Hypercall => {
-            let call: uapi::rvmx_exit_hypercall = vcpu.run.exit_details();
-            g.regs.gpr[RAX] = call.ret;
-        }
     }
 }

@@ -13,6 +13,10 @@ pub(crate) enum Reason {
     ExceptionOrNmi,
     ExternalInterrupt,
     TripleFault,
+    /// The guest can take an interrupt (interrupt-window exiting).
+    InterruptWindow,
+    /// The guest can take an NMI (NMI-window exiting).
+    NmiWindow,
     Cpuid,
     Hlt,
     Invd,
@@ -41,6 +45,8 @@ impl Reason {
             0 => Self::ExceptionOrNmi,
             1 => Self::ExternalInterrupt,
             2 => Self::TripleFault,
+            7 => Self::InterruptWindow,
+            8 => Self::NmiWindow,
             10 => Self::Cpuid,
             12 => Self::Hlt,
             13 => Self::Invd,

@@ -6,6 +6,12 @@
 // Items only the kernel side uses.
 #![allow(dead_code)]
 
+#[path = "../arch.rs"]
+mod arch;
+
+#[path = "../lapic/mod.rs"]
+mod lapic;
+
 #[path = "../vmx"]
 mod vmx {
     pub(crate) mod caps;

@@ -20,6 +20,12 @@ fn host(leaf: u32, subleaf: u32) -> [u32; 4] {
     [a, b, c, d]
 }
 
+/// The host's TSC frequency, which is also the guest's.
+fn tsc_khz() -> u32 {
+    // SAFETY: `tsc_khz` is set during boot, before modules load.
+    unsafe { kernel::bindings::tsc_khz }
+}
+
 pub(crate) struct CpuidTable {
     entries: KVec<uapi::rvmx_cpuid_entry>,
 }
@@ -34,7 +40,7 @@ impl CpuidTable {
     /// What the guest reads for `leaf`/`subleaf` on vCPU `vcpu_id`.
     pub(crate) fn lookup(&self, leaf: u32, subleaf: u32, vcpu_id: u32) -> [u32; 4] {
         if self.entries.is_empty() {
-            return cpuid::filter(leaf, subleaf, host(leaf, subleaf), vcpu_id);
+            return cpuid::filter(leaf, subleaf, host(leaf, subleaf), vcpu_id, tsc_khz());
         }
         let significant = uapi::RVMX_CPUID_FLAG_SIGNIFICANT_INDEX;
         self.entries
@@ -71,7 +77,7 @@ pub(crate) fn get_supported(arg: usize) -> Result<isize> {
     let [room, _padding]: [u32; 2] = crate::ioctl::read_arg(arg)?;
     let mut all = KVec::new();
     let mut alloc = Ok(());
-    cpuid::supported(host, |e| {
+    cpuid::supported(host, tsc_khz(), |e| {
         let entry = uapi::rvmx_cpuid_entry {
             function: e.leaf,
             index: e.subleaf,

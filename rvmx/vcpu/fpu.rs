@@ -98,14 +98,15 @@ impl GuestFpu {
         host_xcr0
     }
 
-    /// The guest's XSETBV of `xcr0` (validated against `host_xcr0`), inside
-    /// the window where the guest's state is loaded: it takes effect now.
-    pub(crate) fn set_xcr0(&mut self, xcr0: u64) {
+    /// The guest's XSETBV of `xcr0` (checked by `exit::xsetbv::valid`),
+    /// inside the window where the guest's state is loaded: it takes effect
+    /// now. Fails, with XCR0 unchanged, if the processor refuses the value.
+    pub(crate) fn set_xcr0(&mut self, xcr0: u64) -> Result<(), instr::Faulted> {
+        // SAFETY: `save` restores the host's XCR0 before the window ends; a
+        // value the CPU refuses faults into the fixup instead of the host.
+        unsafe { instr::try_xsetbv0(xcr0) }?;
         self.xcr0 = xcr0;
-        // SAFETY: `xcr0` is a subset of the host's XCR0 with x87 set (the
-        // XSETBV exit checked it), and `save` restores the host's before
-        // the window ends.
-        unsafe { instr::xsetbv0(xcr0) };
+        Ok(())
     }
 
     /// Saves the guest's state and restores the host's XCR0.

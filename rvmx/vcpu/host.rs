@@ -11,32 +11,20 @@ use crate::vmx::{
 };
 
 use super::regs::rvmx_vmexit;
+use crate::arch::msr::*;
 
-pub(crate) const MSR_EFER: u32 = 0xc000_0080;
-pub(crate) const MSR_STAR: u32 = 0xc000_0081;
-pub(crate) const MSR_LSTAR: u32 = 0xc000_0082;
-pub(crate) const MSR_CSTAR: u32 = 0xc000_0083;
-pub(crate) const MSR_SFMASK: u32 = 0xc000_0084;
-pub(crate) const MSR_FS_BASE: u32 = 0xc000_0100;
-pub(crate) const MSR_GS_BASE: u32 = 0xc000_0101;
-pub(crate) const MSR_KERNEL_GS_BASE: u32 = 0xc000_0102;
-pub(crate) const MSR_TSC_AUX: u32 = 0xc000_0103;
-pub(crate) const MSR_PAT: u32 = 0x277;
-pub(crate) const MSR_SYSENTER_CS: u32 = 0x174;
-pub(crate) const MSR_SYSENTER_ESP: u32 = 0x175;
-pub(crate) const MSR_SYSENTER_EIP: u32 = 0x176;
 
 /// The MSRs the guest has its own values of and that neither VM entry nor
 /// VM exit switches: rvmx loads the guest's after saving the host's, and
 /// restores the host's before interrupts come back. None is used by the
 /// host while interrupts are off (SYSCALL targets, SWAPGS base, RDTSCP).
 pub(crate) const SWITCHED_MSRS: [u32; 6] = [
-    MSR_STAR,
-    MSR_LSTAR,
-    MSR_CSTAR,
-    MSR_SFMASK,
-    MSR_KERNEL_GS_BASE,
-    MSR_TSC_AUX,
+    STAR,
+    LSTAR,
+    CSTAR,
+    SFMASK,
+    KERNEL_GS_BASE,
+    TSC_AUX,
 ];
 
 /// Host state saved before entering and restored after the last exit of a
@@ -92,16 +80,16 @@ impl SavedHost {
         vmcs.write(Field16::HostFsSelector, 0);
         vmcs.write(Field16::HostGsSelector, 0);
         vmcs.write(Field16::HostTrSelector, sel.tr & !7);
-        vmcs.write(FieldNat::HostFsBase, rdmsr(MSR_FS_BASE));
-        vmcs.write(FieldNat::HostGsBase, rdmsr(MSR_GS_BASE));
+        vmcs.write(FieldNat::HostFsBase, rdmsr(FS_BASE));
+        vmcs.write(FieldNat::HostGsBase, rdmsr(GS_BASE));
         vmcs.write(FieldNat::HostTrBase, tr_base(&gdt, sel.tr));
         vmcs.write(FieldNat::HostGdtrBase, gdt.base);
         vmcs.write(FieldNat::HostIdtrBase, idt.base);
-        vmcs.write(Field32::HostSysenterCs, rdmsr(MSR_SYSENTER_CS) as u32);
-        vmcs.write(FieldNat::HostSysenterEsp, rdmsr(MSR_SYSENTER_ESP));
-        vmcs.write(FieldNat::HostSysenterEip, rdmsr(MSR_SYSENTER_EIP));
-        vmcs.write(Field64::HostIa32Efer, rdmsr(MSR_EFER));
-        vmcs.write(Field64::HostIa32Pat, rdmsr(MSR_PAT));
+        vmcs.write(Field32::HostSysenterCs, rdmsr(SYSENTER_CS) as u32);
+        vmcs.write(FieldNat::HostSysenterEsp, rdmsr(SYSENTER_ESP));
+        vmcs.write(FieldNat::HostSysenterEip, rdmsr(SYSENTER_EIP));
+        vmcs.write(Field64::HostIa32Efer, rdmsr(EFER));
+        vmcs.write(Field64::HostIa32Pat, rdmsr(PAT));
         vmcs.write(FieldNat::HostRip, rvmx_vmexit as *const () as u64);
 
         Self {

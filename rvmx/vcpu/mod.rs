@@ -13,8 +13,11 @@
 
 mod cpuid;
 mod cr;
+pub(crate) mod entry;
 mod fpu;
+mod halt;
 mod host;
+pub(crate) mod mailbox;
 mod msrs;
 pub(crate) mod regs;
 mod reset;
@@ -26,7 +29,8 @@ use kernel::{
     mm::virt::VmaNew,
     new_mutex,
     prelude::*,
-    sync::{atomic::Relaxed, Arc, ArcBorrow, Mutex},
+    sync::{aref::ARef, atomic::Relaxed, Arc, ArcBorrow, Mutex},
+    task::Task,
 };
 
 use crate::{
@@ -38,6 +42,7 @@ use crate::{
     },
     ioctl,
     irq::{self, IrqsOff},
+    lapic::Lapic,
     phys::PageBuf,
     uapi,
     vm::Vm,
@@ -45,21 +50,20 @@ use crate::{
         current::CurrentVmcs,
         instr,
         root::{RootError, RootWindow},
-        vmcs::{Field32, Field32Ro},
+        vmcs::Field32Ro,
     },
 };
 
 pub(crate) use cpuid::get_supported as get_supported_cpuid;
 pub(crate) use cr::{guest_cr0, write_cr0, write_cr4, write_efer, EFER_LMA};
-pub(crate) use host::{
-    MSR_EFER, MSR_FS_BASE, MSR_GS_BASE, MSR_PAT, MSR_SFMASK, MSR_STAR, MSR_SYSENTER_CS,
-    MSR_SYSENTER_EIP, MSR_SYSENTER_ESP, MSR_TSC_AUX, SWITCHED_MSRS,
-};
+pub(crate) use host::SWITCHED_MSRS;
 pub(crate) use run_area::{RunArea, DATA_SIZE as RUN_DATA_SIZE};
 pub(crate) use state::EFER_VALID;
 
+use entry::Event;
 use fpu::{GuestFpu, KernelFpu};
 use host::SavedHost;
+use mailbox::Mailbox;
 use regs::{rvmx_vmenter, GuestRegs};
 
 pub(crate) const RUN_AREA_SIZE: usize = run_area::SIZE;
@@ -101,23 +105,70 @@ pub(crate) enum Pending {
     UserMsr { write: bool, insn_len: u64 },
 }
 
+/// Whether the vCPU runs, as KVM's `mp_state`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum MpState {
+    Runnable,
+    /// After HLT, until an event wakes it.
+    Halted,
+    /// An application processor after INIT (or creation), until a SIPI.
+    WaitForSipi,
+}
+
 /// Everything about the guest that is not in the VMCS.
 pub(crate) struct Guest {
     pub(crate) regs: GuestRegs,
     /// Values of `SWITCHED_MSRS`.
     pub(crate) msrs: [u64; SWITCHED_MSRS.len()],
-    pub(crate) cr8: u64,
     /// DR0-DR3, DR6 and DR7: MOV DR exits, and rvmx keeps the guest's
     /// debug registers here, away from the host's.
     pub(crate) dr: [u64; 8],
     pub(crate) fpu: GuestFpu,
     pub(crate) cpuid: cpuid::CpuidTable,
+    pub(crate) lapic: Lapic,
+    pub(crate) mp: MpState,
+    /// RFLAGS.IF at the HLT that halted the vCPU: what may wake it.
+    pub(crate) halted_with_if: bool,
+    /// The exit user space handles, to finish at the next `RVMX_RUN`.
     pub(crate) pending: Pending,
     /// Bytes RIP moves on at the next entry, past an emulated instruction.
     pub(crate) rip_advance: u64,
-    /// Raise #GP at the next entry (the VMM refused an MSR access).
-    pub(crate) inject_gp: bool,
+    /// An exception an exit handler raised, for the next entry.
+    pub(crate) exception: Option<Event>,
+    /// The event an exit interrupted in delivery, delivered again first.
+    pub(crate) reinject: Option<Event>,
+    /// An NMI posted and not yet injected.
+    pub(crate) nmi_pending: bool,
+    /// INIT arrived: the VMCS returns to its reset state at the next entry.
+    pub(crate) reset_pending: bool,
+    /// A SIPI's vector, where the next entry starts.
+    pub(crate) sipi: Option<u8>,
+    /// The processor-based controls as the VMCS has them (window exits).
+    pub(crate) proc: u32,
     pub(crate) mtrr_def_type: u64,
+}
+
+impl Guest {
+    /// Raises exception `e` at the next entry (instead of moving RIP on).
+    pub(crate) fn raise(&mut self, e: Event) {
+        self.exception = Some(e);
+    }
+
+    /// INIT: the processor waits for a SIPI with its state reset (the local
+    /// APIC keeps its id and base).
+    pub(crate) fn init(&mut self) {
+        self.lapic.init();
+        self.mp = MpState::WaitForSipi;
+        self.reset_pending = true;
+        self.pending = Pending::None;
+        self.rip_advance = 0;
+        self.exception = None;
+        self.reinject = None;
+        self.nmi_pending = false;
+        self.sipi = None;
+        self.regs = GuestRegs::default();
+        self.regs.gpr[regs::RDX] = 0x600;
+    }
 }
 
 struct State {
@@ -175,13 +226,25 @@ impl Vcpu {
         let guest = Guest {
             regs,
             msrs: [0; SWITCHED_MSRS.len()],
-            cr8: 0,
             dr: [0, 0, 0, 0, 0, 0, 0xffff_0ff0, 0x400],
             fpu,
             cpuid: cpuid::CpuidTable::new(),
+            lapic: Lapic::new(id),
+            // vCPU 0 is the bootstrap processor; the others wait for SIPI.
+            mp: if id == 0 {
+                MpState::Runnable
+            } else {
+                MpState::WaitForSipi
+            },
+            halted_with_if: false,
             pending: Pending::None,
             rip_advance: 0,
-            inject_gp: false,
+            exception: None,
+            reinject: None,
+            nmi_pending: false,
+            reset_pending: false,
+            sipi: None,
+            proc: vm.controls.proc,
             mtrr_def_type: 0,
         };
         let state = State {
@@ -240,19 +303,38 @@ impl Vcpu {
         unsafe { RootWindow::open(&self.vm.host.caps, region) }.map_err(|e: RootError| e.errno())
     }
 
+    /// This vCPU's mailbox, where other threads post events to it.
+    pub(crate) fn mailbox(&self) -> &Mailbox {
+        self.vm.mailbox(self.id)
+    }
+
     fn run(&self) -> Result<isize> {
         if self.run.request_interrupt_window() {
             return Err(EINVAL);
         }
         let mut st = self.state.lock();
-        exit::complete_pending(self, &mut st.guest);
+        let task: ARef<Task> = (&**current!()).into();
+        self.mailbox().set_task(Some(task));
+        let result = self.run_locked(&mut st);
+        self.mailbox().set_task(None);
+        result
+    }
+
+    fn run_locked(&self, st: &mut State) -> Result<isize> {
+        entry::complete_user_exit(self, &mut st.guest);
         loop {
             if self.run.immediate_exit() || current!().signal_pending() {
                 self.run.set_exit(uapi::RVMX_EXIT_INTR, ());
                 return Err(EINTR);
             }
             irq::cond_resched();
-            match self.enter(&mut st)? {
+            if st.guest.mp != MpState::Runnable {
+                let interrupts = st.guest.halted_with_if;
+                // Interrupted: the check above returns to user space.
+                let _ = halt::wait(self, &mut st.guest, interrupts);
+                continue;
+            }
+            match self.enter(st)? {
                 Left::Again => continue,
                 Left::ToUser => return Ok(0),
                 Left::Mmio(fault) => match mmio::emulate(self, &mut st.guest, &fault) {
@@ -275,13 +357,6 @@ impl Vcpu {
         let window = self.open_window()?;
         let vmcs = self.load_vmcs(&window, &mut st.vmcs, &mut st.initialized)?;
         let guest = &mut st.guest;
-        mmio::advance_rip(&vmcs, guest);
-        if core::mem::take(&mut guest.inject_gp) {
-            exit::inject_gp(&vmcs);
-        }
-        if self.vm.controls.uses_preemption_timer() {
-            vmcs.write(Field32::PreemptionTimerValue, self.vm.host.preemption_ticks);
-        }
         let host = SavedHost::save_and_program(&vmcs);
 
         // Cached translations to flush: another CPU ran this vCPU since (its
@@ -303,9 +378,15 @@ impl Vcpu {
 
         host.load_guest_msrs(&guest.msrs);
         let host_xcr0 = guest.fpu.load();
+        // The window ends by this TSC, so the host sees its interrupts,
+        // signals and reschedules in time (see docs/design.md).
+        let window_end = instr::rdtsc().saturating_add(self.vm.host.window_tsc);
         let mut launched = 0;
         let mut nmi = false;
         let left = loop {
+            if !entry::prepare(self, &vmcs, guest, window_end) {
+                break Left::Again;
+            }
             // SAFETY: the VMCS is current and complete (`reset::program`,
             // host state above), interrupts are off, and `regs` is the
             // layout vmenter.S expects.
@@ -316,7 +397,7 @@ impl Vcpu {
                 break Left::ToUser;
             }
             launched = 1;
-            match exit::handle(self, &vmcs, guest) {
+            match exit::handle(self, &vmcs, guest, window_end) {
                 Action::Resume => continue,
                 Action::Host => break Left::Again,
                 Action::Nmi => {
@@ -328,6 +409,7 @@ impl Vcpu {
                 Action::StringIo(io) => break Left::StringIo(io),
             }
         };
+        entry::report(self, &vmcs, guest);
         guest.fpu.save(host_xcr0);
         host.restore();
         drop(vmcs);
@@ -380,6 +462,7 @@ impl Vcpu {
 impl PinnedDrop for Vcpu {
     fn drop(self: Pin<&mut Self>) {
         self.vm.host.vpids.free(self.vpid);
+        self.mailbox().set_present(false);
         self.vm.release_vcpu_id(self.id);
     }
 }

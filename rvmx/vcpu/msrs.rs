@@ -37,10 +37,10 @@ impl Vcpu {
     pub(super) fn get_msrs(&self, arg: usize) -> Result<isize> {
         let mut entries = read_entries(arg)?;
         let mut st = self.state.lock();
-        let done = self.with_vmcs(&mut st, |vcpu, vmcs, guest| {
+        let done = self.with_vmcs(&mut st, |_, vmcs, guest| {
             let mut done = 0;
             for e in entries.iter_mut() {
-                let Some(value) = msr::read(vcpu, vmcs, guest, e.index) else {
+                let Some(value) = msr::read(vmcs, guest, e.index) else {
                     break;
                 };
                 e.data = value;

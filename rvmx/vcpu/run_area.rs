@@ -79,6 +79,18 @@ impl RunArea {
         self.write(offset_of!(rvmx_run, exit_reason), reason);
     }
 
+    /// The interrupt state KVM reports with every exit: RFLAGS.IF, whether
+    /// an interrupt could be injected now, CR8 and IA32_APIC_BASE.
+    pub(crate) fn set_interrupt_state(&self, if_flag: bool, ready: bool, cr8: u64, apic_base: u64) {
+        self.write(offset_of!(rvmx_run, if_flag), u8::from(if_flag));
+        self.write(
+            offset_of!(rvmx_run, ready_for_interrupt_injection),
+            u8::from(ready),
+        );
+        self.write(offset_of!(rvmx_run, cr8), cr8);
+        self.write(offset_of!(rvmx_run, apic_base), apic_base);
+    }
+
     /// The exit details the VMM may have filled in (MMIO read data,
     /// hypercall result), read once.
     pub(crate) fn exit_details<T: Copy>(&self) -> T {

@@ -66,7 +66,7 @@ pub(super) fn set_regs(vmcs: &CurrentVmcs<'_>, g: &mut Guest, v: &rvmx_regs) {
     // New registers replace whatever an exit left to complete.
     g.pending = super::Pending::None;
     g.rip_advance = 0;
-    g.inject_gp = false;
+    g.exception = None;
 }
 
 fn get_segment(vmcs: &CurrentVmcs<'_>, seg: Seg) -> rvmx_segment {
@@ -135,9 +135,9 @@ pub(super) fn get_sregs(vmcs: &CurrentVmcs<'_>, g: &Guest) -> rvmx_sregs {
         cr2: g.regs.cr2,
         cr3: vmcs.read(FieldNat::GuestCr3),
         cr4: cr::guest_cr4(vmcs),
-        cr8: g.cr8,
+        cr8: u64::from(g.lapic.tpr() >> 4),
         efer: vmcs.read(Field64::GuestIa32Efer),
-        apic_base: super::super::exit::APIC_BASE_DEFAULT,
+        apic_base: g.lapic.base(),
         interrupt_bitmap: [0; 4],
     }
 }
@@ -163,6 +163,12 @@ pub(super) fn set_sregs(
     if v.cr4 & !caps.cr4_fixed1 != 0 || v.cr4 & caps.cr4_fixed0 != 0 || v.cr8 > 0xf {
         return Err(EINVAL);
     }
+    // IA32_APIC_BASE as a WRMSR would take it; checked on a copy, so a
+    // refused one changes nothing.
+    let mut lapic = g.lapic.clone();
+    if v.apic_base != lapic.base() {
+        lapic.set_base(v.apic_base).map_err(|_| EINVAL)?;
+    }
     for (seg, value) in [
         (Seg::Cs, &v.cs),
         (Seg::Ds, &v.ds),
@@ -184,6 +190,8 @@ pub(super) fn set_sregs(
     vmcs.write(FieldNat::GuestCr3, v.cr3);
     cr::set_efer(vcpu, vmcs, v.efer, v.cr0);
     g.regs.cr2 = v.cr2;
-    g.cr8 = v.cr8;
+    lapic.set_tpr((v.cr8 as u32) << 4);
+    g.lapic = lapic;
+    vcpu.mailbox().publish_target(&g.lapic.target());
     Ok(())
 }

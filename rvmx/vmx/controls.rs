@@ -14,12 +14,18 @@ use super::caps::{
 
 pub(crate) const PIN_EXTERNAL_INTERRUPT_EXITING: u32 = 1 << 0;
 pub(crate) const PIN_NMI_EXITING: u32 = 1 << 3;
+pub(crate) const PIN_VIRTUAL_NMIS: u32 = 1 << 5;
 pub(crate) const PIN_PREEMPTION_TIMER: u32 = 1 << 6;
+
+pub(crate) const PROC_INTERRUPT_WINDOW_EXITING: u32 = 1 << 2;
 
 pub(crate) const PROC_HLT_EXITING: u32 = 1 << 7;
 pub(crate) const PROC_MWAIT_EXITING: u32 = 1 << 10;
 pub(crate) const PROC_CR3_LOAD_EXITING: u32 = 1 << 15;
 pub(crate) const PROC_CR3_STORE_EXITING: u32 = 1 << 16;
+pub(crate) const PROC_CR8_LOAD_EXITING: u32 = 1 << 19;
+pub(crate) const PROC_CR8_STORE_EXITING: u32 = 1 << 20;
+pub(crate) const PROC_NMI_WINDOW_EXITING: u32 = 1 << 22;
 pub(crate) const PROC_MOV_DR_EXITING: u32 = 1 << 23;
 pub(crate) const PROC_UNCONDITIONAL_IO_EXITING: u32 = 1 << 24;
 pub(crate) const PROC_MONITOR_EXITING: u32 = 1 << 29;
@@ -38,8 +44,12 @@ pub(crate) const ENTRY_IA32E_MODE_GUEST: u32 = 1 << 9;
 pub(crate) const ENTRY_LOAD_PAT: u32 = 1 << 14;
 pub(crate) const ENTRY_LOAD_EFER: u32 = 1 << 15;
 
-/// Controls rvmx must be able to clear: with EPT, CR3 accesses need not exit.
-const PROC_MUST_CLEAR: u32 = PROC_CR3_LOAD_EXITING | PROC_CR3_STORE_EXITING;
+/// Controls rvmx must be able to clear: with EPT, CR3 accesses need not
+/// exit; the window exits are turned on only while an event waits.
+const PROC_MUST_CLEAR: u32 = PROC_CR3_LOAD_EXITING
+    | PROC_CR3_STORE_EXITING
+    | PROC_INTERRUPT_WINDOW_EXITING
+    | PROC_NMI_WINDOW_EXITING;
 
 /// Which control word could not be set as rvmx needs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -93,17 +103,23 @@ impl Controls {
             0
         };
         Ok(Self {
+            // The preemption timer is the local APIC timer while in guest
+            // mode, and bounds each stay there.
             pin: adjust(
                 "pin-based",
                 caps.pinbased,
-                PIN_EXTERNAL_INTERRUPT_EXITING | PIN_NMI_EXITING,
-                PIN_PREEMPTION_TIMER,
+                PIN_EXTERNAL_INTERRUPT_EXITING | PIN_NMI_EXITING | PIN_PREEMPTION_TIMER,
+                PIN_VIRTUAL_NMIS,
                 0,
             )?,
             proc: adjust(
                 "processor-based",
                 caps.procbased,
+                // CR8 is the guest's TPR, which must never reach the
+                // host's.
                 PROC_HLT_EXITING
+                    | PROC_CR8_LOAD_EXITING
+                    | PROC_CR8_STORE_EXITING
                     | PROC_UNCONDITIONAL_IO_EXITING
                     | PROC_MOV_DR_EXITING
                     | PROC_MWAIT_EXITING
@@ -136,9 +152,9 @@ impl Controls {
         })
     }
 
-    /// Whether the VMX-preemption timer bounds each stay in the guest.
-    pub(crate) fn uses_preemption_timer(&self) -> bool {
-        self.pin & PIN_PREEMPTION_TIMER != 0
+    /// Whether NMI blocking is virtual, so NMI-window exiting exists.
+    pub(crate) fn uses_virtual_nmis(&self) -> bool {
+        self.pin & PIN_VIRTUAL_NMIS != 0
     }
 
     pub(crate) fn uses_vpid(&self) -> bool {
@@ -198,7 +214,14 @@ mod tests {
             c.pin & (PIN_EXTERNAL_INTERRUPT_EXITING | PIN_NMI_EXITING),
             0x9
         );
-        assert!(c.uses_preemption_timer());
+        assert_ne!(c.pin & PIN_PREEMPTION_TIMER, 0);
+        assert!(c.uses_virtual_nmis());
+        assert_eq!(
+            c.proc & (PROC_CR8_LOAD_EXITING | PROC_CR8_STORE_EXITING),
+            PROC_CR8_LOAD_EXITING | PROC_CR8_STORE_EXITING,
+            "CR8 would reach the host's TPR"
+        );
+        assert_eq!(c.proc & PROC_INTERRUPT_WINDOW_EXITING, 0);
         assert_eq!(c.proc & PROC_MUST_CLEAR, 0);
         assert_ne!(c.proc & PROC_ACTIVATE_SECONDARY, 0);
         assert!(c.uses_vpid());

@@ -36,11 +36,12 @@ pub(crate) struct VmxHost {
     /// One VMXON region per possible CPU, indexed by CPU number.
     regions: KVec<VmxonRegion>,
     pub(crate) vpids: VpidPool,
-    /// VMX-preemption timer ticks in 1 ms: the longest a vCPU stays in the
-    /// guest without an exit. Besides bounding latency, this is what lets
-    /// Bochs 3.0 leave a guest that runs with RFLAGS.IF=0: it only unmasks
-    /// host interrupts at VM entry when IF changes, and the host's is 0.
-    pub(crate) preemption_ticks: u32,
+    /// TSC ticks in 1 ms: the longest a VMX window stays open, enforced
+    /// with the VMX-preemption timer. Besides bounding latency, this is
+    /// what lets Bochs 3.0 leave a guest that runs with RFLAGS.IF=0: it only
+    /// unmasks host interrupts at VM entry when IF changes, and the host's
+    /// is 0.
+    pub(crate) window_tsc: u64,
 }
 
 /// What [`VmxHost::probe`] found on the online CPUs.
@@ -136,13 +137,12 @@ impl VmxHost {
         }
         // SAFETY: `tsc_khz` is set at boot and only read here.
         let tsc_khz = unsafe { kernel::bindings::tsc_khz };
-        // IA32_VMX_MISC[4:0]: the timer counts every 2^n TSC ticks.
-        let preemption_ticks = (tsc_khz >> (caps.misc & 0x1f)).max(1);
+        let window_tsc = u64::from(tsc_khz.max(1));
         Ok(Self {
             caps,
             regions,
             vpids: VpidPool::new(),
-            preemption_ticks,
+            window_tsc,
         })
     }
 

@@ -262,6 +262,51 @@ pub(crate) unsafe fn xsetbv0(value: u64) {
     };
 }
 
+/// An instruction raised an exception, which its exception-table entry
+/// caught: the kernel's fixup resumed after it instead of oopsing.
+#[derive(Debug)]
+pub(crate) struct Faulted;
+
+/// `asm!` template lines that give the instruction at local label 2 an
+/// exception-table entry (`EX_TYPE_DEFAULT`, 12-byte entries as in
+/// `arch/x86/include/asm/asm.h`) whose fixup resumes at label 3.
+macro_rules! extable_2_to_3 {
+    () => {
+        concat!(
+            ".pushsection __ex_table, \"aM\", @progbits, 12\n",
+            ".balign 4\n",
+            ".long 2b - .\n",
+            ".long 3b - .\n",
+            ".long 1\n",
+            ".popsection"
+        )
+    };
+}
+
+/// Sets XCR0 to a value that came from the guest, catching a #GP should
+/// the processor refuse it after all (a check rvmx lacks): the guest's
+/// XSETBV must never be able to oops the host.
+///
+/// # Safety
+///
+/// As `xsetbv0`, except that a value the CPU refuses is allowed.
+pub(crate) unsafe fn try_xsetbv0(value: u64) -> Result<(), Faulted> {
+    let mut faulted: u32 = 1;
+    // SAFETY: guaranteed by the caller for a value the CPU accepts; a #GP
+    // is caught by the exception-table entry, which resumes at label 3
+    // with `faulted` still 1 and XCR0 unchanged.
+    unsafe {
+        asm!("2: xsetbv", "xor {f:e}, {f:e}", "3:", extable_2_to_3!(),
+             f = inout(reg) faulted, in("ecx") 0, in("eax") value as u32,
+             in("edx") (value >> 32) as u32, options(nostack))
+    };
+    if faulted == 0 {
+        Ok(())
+    } else {
+        Err(Faulted)
+    }
+}
+
 /// Saves the extended state components in `mask` into `area`.
 ///
 /// # Safety

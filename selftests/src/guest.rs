@@ -32,6 +32,12 @@ pub struct TestVm {
 /// Where test code starts.
 pub const CODE: u64 = 0x1000;
 
+/// The port a test guest writes to when it is done. (HLT no longer ends a
+/// run: rvmx's local APIC sleeps until an interrupt wakes the vCPU.)
+pub const DONE_PORT: u16 = 0xf4;
+/// `out 0xf4, al`: the last instruction of a test guest.
+pub const DONE: [u8; 2] = [0xe6, DONE_PORT as u8];
+
 impl TestVm {
     pub fn new(mem_size: usize) -> Result<Self, Outcome> {
         let rvmx = Rvmx::open(DEVICE_PATH).ctx("open")?;
@@ -98,6 +104,20 @@ impl TestVm {
             };
             return Err(Outcome::Fail(format!(
                 "exit {got}{detail} at rip {rip:#x}, want exit {reason}"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Runs and expects the guest's `DONE`.
+    pub fn run_to_done(&mut self) -> Result<(), Outcome> {
+        self.run_expect(sys::RVMX_EXIT_IO)?;
+        let io = self.io();
+        if io.direction != sys::RVMX_EXIT_IO_OUT as u8 || io.port != DONE_PORT {
+            let rip = self.vcpu.regs().map(|r| r.rip).unwrap_or(0);
+            return Err(Outcome::Fail(format!(
+                "I/O exit to port {:#x} at rip {rip:#x}, want the guest's DONE",
+                io.port
             )));
         }
         Ok(())

@@ -3,7 +3,7 @@
 
 use uapi::{sys, Rvmx, DEVICE_PATH};
 
-use crate::guest::{region, GuestMem, TestVm, CODE};
+use crate::guest::{region, GuestMem, TestVm, CODE, DONE};
 use crate::ioctl::errno_name;
 use crate::ktap::{Context, Outcome, Test, TestResult};
 use crate::{ensure, Ctx};
@@ -22,8 +22,8 @@ pub const TESTS: &[Test] = &[
         run: memslot_rules,
     },
     Test {
-        name: "real_mode_out_hlt",
-        run: real_mode_out_hlt,
+        name: "real_mode_out",
+        run: real_mode_out,
     },
     Test {
         name: "protected_mode_out",
@@ -191,10 +191,10 @@ fn memslot_rules(_: &Ctx) -> TestResult {
     Ok(())
 }
 
-fn real_mode_out_hlt(_: &Ctx) -> TestResult {
-    // mov al, 0x42; out 0x10, al; mov dx, 0x3f8; mov ax, 0x1234; out dx, ax; hlt
+fn real_mode_out(_: &Ctx) -> TestResult {
+    // mov al, 0x42; out 0x10, al; mov dx, 0x3f8; mov ax, 0x1234; out dx, ax; done
     let code = [
-        0xb0, 0x42, 0xe6, 0x10, 0xba, 0xf8, 0x03, 0xb8, 0x34, 0x12, 0x66, 0xef, 0xf4,
+        0xb0, 0x42, 0xe6, 0x10, 0xba, 0xf8, 0x03, 0xb8, 0x34, 0x12, 0x66, 0xef, 0xe6, 0xf4,
     ];
     let mut t = TestVm::real_mode(0x10000, &code)?;
     expect_io(&mut t, 0x10, 1, 1, true)?;
@@ -202,18 +202,18 @@ fn real_mode_out_hlt(_: &Ctx) -> TestResult {
     // 66 ef in real mode: a 32-bit OUT.
     expect_io(&mut t, 0x3f8, 4, 1, true)?;
     ensure!(io_data(&mut t, 4)? == [0x34, 0x12, 0, 0], "32-bit OUT data");
-    t.run_expect(sys::RVMX_EXIT_HLT)?;
+    t.run_to_done()?;
     let rip = t.vcpu.regs().ctx("GET_REGS")?.rip;
-    ensure!(rip == CODE + code.len() as u64, "RIP after HLT {rip:#x}");
+    ensure!(rip == CODE + code.len() as u64, "RIP after the last OUT {rip:#x}");
     Ok(())
 }
 
 fn long_mode_cpuid_vmcall(_: &Ctx) -> TestResult {
     // mov eax, 1; cpuid; mov rbx, rcx (ECX of leaf 1); mov rax, 0x1234;
-    // mov rcx, 0x5678; vmcall; hlt
+    // mov rcx, 0x5678; vmcall; done
     let code = [
         0xb8, 1, 0, 0, 0, 0x0f, 0xa2, 0x48, 0x89, 0xcb, 0x48, 0xc7, 0xc0, 0x34, 0x12, 0, 0, 0x48,
-        0xc7, 0xc1, 0x78, 0x56, 0, 0, 0x0f, 0x01, 0xc1, 0xf4,
+        0xc7, 0xc1, 0x78, 0x56, 0, 0, 0x0f, 0x01, 0xc1, 0xe6, 0xf4,
     ];
     let mut t = TestVm::long_mode(0x20_0000, &code)?;
     t.run_expect(sys::RVMX_EXIT_HYPERCALL)?;
@@ -235,7 +235,7 @@ fn long_mode_cpuid_vmcall(_: &Ctx) -> TestResult {
         call.args[1]
     );
     t.vcpu.run_area().__bindgen_anon_1.hypercall.ret = 0xabcd;
-    t.run_expect(sys::RVMX_EXIT_HLT)?;
+    t.run_to_done()?;
     let regs = t.vcpu.regs().ctx("GET_REGS")?;
     ensure!(
         regs.rax == 0xabcd,
@@ -252,9 +252,9 @@ fn long_mode_cpuid_vmcall(_: &Ctx) -> TestResult {
 }
 
 fn port_in_completes(_: &Ctx) -> TestResult {
-    // mov eax, 0xffffffff (real mode: 66 b8); in al, 0x60; in ax, dx (dx=0x71); hlt
+    // mov eax, 0xffffffff (real mode: 66 b8); in al, 0x60; in ax, dx (dx=0x71); done
     let code = [
-        0x66, 0xb8, 0xff, 0xff, 0xff, 0xff, 0xe4, 0x60, 0xba, 0x71, 0, 0xed, 0xf4,
+        0x66, 0xb8, 0xff, 0xff, 0xff, 0xff, 0xe4, 0x60, 0xba, 0x71, 0, 0xed, 0xe6, 0xf4,
     ];
     let mut t = TestVm::real_mode(0x10000, &code)?;
     expect_io(&mut t, 0x60, 1, 1, false)?;
@@ -267,7 +267,7 @@ fn port_in_completes(_: &Ctx) -> TestResult {
         "RAX after IN AL {rax:#x}, want 0xffffff5a (upper bytes kept)"
     );
     fill_io(&mut t, &[0x22, 0x11]);
-    t.run_expect(sys::RVMX_EXIT_HLT)?;
+    t.run_to_done()?;
     let rax = t.vcpu.regs().ctx("GET_REGS")?.rax;
     ensure!(
         rax == 0xffff_1122,
@@ -293,7 +293,7 @@ fn triple_fault_is_shutdown(_: &Ctx) -> TestResult {
 }
 
 fn bad_guest_state_fails_entry(_: &Ctx) -> TestResult {
-    let mut t = TestVm::long_mode(0x20_0000, &[0xf4])?;
+    let mut t = TestVm::long_mode(0x20_0000, &DONE)?;
     // A 64-bit code segment with CS.D set is invalid guest state.
     let mut s = t.vcpu.sregs().ctx("GET_SREGS")?;
     s.cs.db = 1;
@@ -309,34 +309,34 @@ fn bad_guest_state_fails_entry(_: &Ctx) -> TestResult {
     // The host is fine and so is the vCPU once its state is repaired.
     s.cs.db = 0;
     t.vcpu.set_sregs(&s).ctx("SET_SREGS")?;
-    t.run_expect(sys::RVMX_EXIT_HLT)
+    t.run_to_done()
 }
 
 fn immediate_exit_is_eintr(_: &Ctx) -> TestResult {
-    let mut t = TestVm::real_mode(0x10000, &[0xf4])?;
+    let mut t = TestVm::real_mode(0x10000, &DONE)?;
     t.vcpu.run_area().immediate_exit = 1;
     let result = t.vcpu.run();
     expect_eintr(&mut t, result, "RUN with immediate_exit")?;
     t.vcpu.run_area().immediate_exit = 0;
-    t.run_expect(sys::RVMX_EXIT_HLT)
+    t.run_to_done()
 }
 
 fn vms_are_isolated(_: &Ctx) -> TestResult {
     // Each guest writes its own marker at 0x3000 and reads 0x3000 of the
     // other VM's... which it cannot address: it sees only its own memory.
-    // mov rax, [0x3000]; mov [0x3008], rax; mov dword [0x3000], imm; hlt
+    // mov rax, [0x3000]; mov [0x3008], rax; mov dword [0x3000], imm; done
     let code = |marker: u8| {
         vec![
             0x48, 0x8b, 0x04, 0x25, 0, 0x30, 0, 0, 0x48, 0x89, 0x04, 0x25, 8, 0x30, 0, 0, 0xc7,
-            0x04, 0x25, 0, 0x30, 0, 0, marker, 0, 0, 0, 0xf4,
+            0x04, 0x25, 0, 0x30, 0, 0, marker, 0, 0, 0, 0xe6, 0xf4,
         ]
     };
     let mut a = TestVm::long_mode(0x20_0000, &code(0xaa))?;
     let mut b = TestVm::long_mode(0x20_0000, &code(0xbb))?;
     a.mem.write_u64(0x3000, 0x1111);
     b.mem.write_u64(0x3000, 0x2222);
-    a.run_expect(sys::RVMX_EXIT_HLT)?;
-    b.run_expect(sys::RVMX_EXIT_HLT)?;
+    a.run_to_done()?;
+    b.run_to_done()?;
     let (a_saw, b_saw) = (a.mem.read_u64(0x3008), b.mem.read_u64(0x3008));
     ensure!(
         a_saw == 0x1111 && b_saw == 0x2222,
@@ -401,7 +401,7 @@ fn mmio_round_trips(_: &Ctx) -> TestResult {
         0x8b, 0x73, 0x04, // mov esi, [rbx+4]
         0x48, 0x8b, 0x7b, 0x08, // mov rdi, [rbx+8]
         0x44, 0x0f, 0xb6, 0x03, // movzx r8d, byte [rbx]
-        0xf4,
+        0xe6, 0xf4,
     ]);
     let mut t = TestVm::long_mode(0x20_0000, &code)?;
     expect_mmio(&mut t, BAR, 1, Some(0x11))?;
@@ -418,7 +418,7 @@ fn mmio_round_trips(_: &Ctx) -> TestResult {
         expect_mmio(&mut t, gpa, len, None)?;
         t.vcpu.run_area().__bindgen_anon_1.mmio.data = value.to_le_bytes();
     }
-    t.run_expect(sys::RVMX_EXIT_HLT)?;
+    t.run_to_done()?;
     let r = t.vcpu.regs().ctx("GET_REGS")?;
     ensure!(
         r.rcx == 0xffff_ffff_ffff_ff55,
@@ -442,9 +442,9 @@ fn mmio_round_trips(_: &Ctx) -> TestResult {
 
 fn readonly_slot_write_is_mmio(_: &Ctx) -> TestResult {
     const ROM: u64 = 0x40_0000;
-    // mov rax, [rbx]; inc rax; mov [rbx], rax; hlt
+    // mov rax, [rbx]; inc rax; mov [rbx], rax; done
     let mut code = mov_rbx(ROM);
-    code.extend_from_slice(&[0x48, 0x8b, 0x03, 0x48, 0xff, 0xc0, 0x48, 0x89, 0x03, 0xf4]);
+    code.extend_from_slice(&[0x48, 0x8b, 0x03, 0x48, 0xff, 0xc0, 0x48, 0x89, 0x03, 0xe6, 0xf4]);
     let mut t = TestVm::long_mode(0x20_0000, &code)?;
     let mut rom = GuestMem::new(0x1000).ctx("mmap")?;
     rom.write_u64(0, 0x1234);
@@ -454,7 +454,7 @@ fn readonly_slot_write_is_mmio(_: &Ctx) -> TestResult {
     }
     .ctx("read-only slot")?;
     expect_mmio(&mut t, ROM, 8, Some(0x1235))?;
-    t.run_expect(sys::RVMX_EXIT_HLT)?;
+    t.run_to_done()?;
     ensure!(
         rom.read_u64(0) == 0x1234,
         "the guest wrote a read-only slot: {:#x}",
@@ -515,7 +515,7 @@ fn fpu_state_is_isolated(_: &Ctx) -> TestResult {
         0xe6, 0x10, // out 0x10, al
         0x66, 0x48, 0x0f, 0x7e, 0xc0, // movq rax, xmm0
         0xe7, 0x11, // out 0x11, eax
-        0xf4,
+        0xe6, 0xf4,
     ];
     let mut t = TestVm::long_mode(0x20_0000, &code)?;
     let mut s = t.vcpu.sregs().ctx("GET_SREGS")?;
@@ -726,7 +726,7 @@ fn rep_ins_outs_across_the_data_area(_: &Ctx) -> TestResult {
         0x66, 0xba, 0x84, 0, // mov dx, 0x84
         0xf3, 0x6f, // rep outsd
         0xfc, // cld
-        0xf4,
+        0xe6, 0xf4,
     ];
     let mut t = TestVm::long_mode(0x20_0000, &code)?;
     let pattern: Vec<u8> = (0..3000u32).map(|i| (i * 7) as u8).collect();
@@ -755,7 +755,7 @@ fn rep_ins_outs_across_the_data_area(_: &Ctx) -> TestResult {
         io_data(&mut t, 16)? == backwards,
         "REP OUTSD with DF=1: elements out of order"
     );
-    t.run_expect(sys::RVMX_EXIT_HLT)?;
+    t.run_to_done()?;
     let got = t.mem.bytes()[0x8000..0x8000 + 3000].to_vec();
     ensure!(
         got == words,
@@ -773,8 +773,8 @@ fn rep_ins_outs_across_the_data_area(_: &Ctx) -> TestResult {
 }
 
 fn protected_mode_out(_: &Ctx) -> TestResult {
-    // 32-bit flat code: mov eax, 0x12345678; out 0x10, eax; hlt
-    let code = [0xb8, 0x78, 0x56, 0x34, 0x12, 0xe7, 0x10, 0xf4];
+    // 32-bit flat code: mov eax, 0x12345678; out 0x10, eax; done
+    let code = [0xb8, 0x78, 0x56, 0x34, 0x12, 0xe7, 0x10, 0xe6, 0xf4];
     let mut t = TestVm::new(0x10000)?;
     t.mem.write(CODE as usize, &code);
     let s = labguest::protected_mode(t.vcpu.sregs().ctx("GET_SREGS")?);
@@ -787,7 +787,7 @@ fn protected_mode_out(_: &Ctx) -> TestResult {
         io_data(&mut t, 4)? == 0x1234_5678u32.to_le_bytes(),
         "32-bit OUT data"
     );
-    t.run_expect(sys::RVMX_EXIT_HLT)?;
+    t.run_to_done()?;
     let s = t.vcpu.sregs().ctx("GET_SREGS")?;
     ensure!(
         s.cr0 & 1 == 1 && s.cs.db == 1,
@@ -861,7 +861,7 @@ fn cpuid_table(_: &Ctx) -> TestResult {
             16,
         ]);
     }
-    code.push(0xf4);
+    code.extend_from_slice(&DONE);
     let mut t = TestVm::long_mode(0x20_0000, &code)?;
     let table = [
         entry(0, None, [7, 0x6c6c_6548, 0x0021_646c, 0x726f_5720]),
@@ -870,7 +870,7 @@ fn cpuid_table(_: &Ctx) -> TestResult {
         entry(7, Some(1), [0, 0xbbbb, 0, 0]),
     ];
     t.vcpu.set_cpuid(&table).ctx("RVMX_SET_CPUID")?;
-    t.run_expect(sys::RVMX_EXIT_HLT)?;
+    t.run_to_done()?;
     let want: Vec<[u32; 4]> = vec![
         [7, 0x6c6c_6548, 0x0021_646c, 0x726f_5720],
         [0x12345, 0x0800, 1 << 31, 0x0789_fbff],
@@ -929,7 +929,7 @@ fn msrs(_: &Ctx) -> TestResult {
         0xb8, 0x34, 0x12, 0, 0, // mov eax, 0x1234
         0x31, 0xd2, // xor edx, edx
         0x0f, 0x30, // wrmsr
-        0xf4,
+        0xe6, 0xf4,
     ];
     let mut t = TestVm::long_mode(0x20_0000, &code)?;
     let lstar = 0xffff_ffff_8100_0000u64;
@@ -960,7 +960,7 @@ fn msrs(_: &Ctx) -> TestResult {
         seen == lstar,
         "the guest read LSTAR {seen:#x}, the VMM set {lstar:#x}"
     );
-    t.run_expect(sys::RVMX_EXIT_HLT)?;
+    t.run_to_done()?;
     let mut out = [msr(KERNEL_GS_BASE, 0), msr(EFER, 0), msr(0xdead, 7)];
     let n = t.vcpu.get_msrs(&mut out).ctx("RVMX_GET_MSRS")?;
     ensure!(n == 2, "GET_MSRS read {n} MSRs, want 2");
@@ -988,7 +988,7 @@ fn unknown_msrs_fault_or_exit_to_user(_: &Ctx) -> TestResult {
         0x0f, 0x30, // wrmsr
         0xb9, 0x36, 0x12, 0, 0, // mov ecx, 0x1236
         0x0f, 0x32, // rdmsr
-        0xf4,
+        0xe6, 0xf4,
     ];
     // By default an unknown MSR raises #GP; with no IDT that is a triple
     // fault.
@@ -1043,7 +1043,7 @@ fn xsetbv_within_the_hosts_xcr0(_: &Ctx) -> TestResult {
         0xe7, 0x10, // out 0x10, eax
         0xb8, 5, 0, 0, 0, // mov eax, 5 (AVX without SSE: invalid)
         0x0f, 0x01, 0xd1, // xsetbv: #GP, and without an IDT a triple fault
-        0xf4,
+        0xe6, 0xf4,
     ];
     let mut t = TestVm::long_mode(0x20_0000, &code)?;
     let mut s = t.vcpu.sregs().ctx("GET_SREGS")?;

@@ -1,0 +1,82 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! A vCPU that cannot run (HLT, or wait-for-SIPI) sleeps here, inside
+//! `RVMX_RUN`, until an event would wake the processor: an interrupt it can
+//! take, an NMI, INIT/SIPI, or its local APIC timer; or until the VMM wants
+//! the thread back (a signal, `immediate_exit`).
+//!
+//! Senders post to the mailbox first and wake the thread after, and the
+//! thread marks itself sleeping before it looks at the mailbox, so a wake-up
+//! between the look and the sleep is never lost.
+
+use crate::vmx::instr;
+
+use super::{entry, Guest, MpState, Vcpu};
+
+extern "C" {
+    fn rvmx_prepare_to_sleep();
+    fn rvmx_sleep_until(deadline_ns: u64);
+    fn rvmx_cancel_sleep();
+    fn rvmx_ktime_ns() -> u64;
+}
+
+/// Why the sleep ended.
+pub(super) enum Woken {
+    /// The vCPU can run.
+    Runnable,
+    /// The VMM wants the thread back (signal or `immediate_exit`).
+    Interrupted,
+}
+
+/// Converts a TSC deadline to CLOCK_MONOTONIC nanoseconds.
+fn tsc_to_ktime(deadline: u64) -> u64 {
+    // SAFETY: `tsc_khz` is set during boot, before modules load.
+    let khz = u64::from(unsafe { kernel::bindings::tsc_khz }).max(1);
+    let delta = deadline.saturating_sub(instr::rdtsc());
+    // In two parts, without 128-bit division (not in the kernel's runtime).
+    let ns = (delta / khz)
+        .saturating_mul(1_000_000)
+        .saturating_add(delta % khz * 1_000_000 / khz);
+    // SAFETY: reading the monotonic clock has no preconditions.
+    let now = unsafe { rvmx_ktime_ns() };
+    now.saturating_add(ns)
+}
+
+/// Sleeps until the vCPU is runnable or interrupted. `interrupts_enabled`
+/// is the guest's RFLAGS.IF at its HLT.
+pub(super) fn wait(vcpu: &Vcpu, g: &mut Guest, interrupts_enabled: bool) -> Woken {
+    loop {
+        // SAFETY: process context (the RUN ioctl); undone by
+        // `rvmx_cancel_sleep` or by the sleep itself.
+        unsafe { rvmx_prepare_to_sleep() };
+        entry::fold_posted(vcpu.mailbox(), g);
+        entry::run_timer(&mut g.lapic);
+        let runnable = match g.mp {
+            MpState::Runnable => true,
+            MpState::Halted if entry::halt_wakes(g, interrupts_enabled) => {
+                g.mp = MpState::Runnable;
+                true
+            }
+            _ => false,
+        };
+        if runnable {
+            // SAFETY: undoes `rvmx_prepare_to_sleep` above.
+            unsafe { rvmx_cancel_sleep() };
+            return Woken::Runnable;
+        }
+        if vcpu.run.immediate_exit() || kernel::current!().signal_pending() {
+            // SAFETY: as above.
+            unsafe { rvmx_cancel_sleep() };
+            return Woken::Interrupted;
+        }
+        // A masked or stopped timer does not wake: sleep without deadline.
+        let deadline = if g.mp == MpState::Halted {
+            g.lapic.timer_deadline().map_or(0, tsc_to_ktime)
+        } else {
+            0
+        };
+        // SAFETY: the task is marked sleeping (above); a sender's wake-up
+        // or a signal ends the sleep early.
+        unsafe { rvmx_sleep_until(deadline) };
+    }
+}
