@@ -14,7 +14,7 @@ use crate::control::{Control, Outcome};
 use crate::devices::irq::Interrupts;
 use crate::devices::serial::{self, ConsoleOut, Serial};
 use crate::devices::Devices;
-use crate::hypervisor::Backend;
+use crate::hypervisor::{Backend, Irqchip};
 use crate::vcpu::VcpuId;
 use crate::{memory, rss, signals, vcpu};
 
@@ -35,6 +35,7 @@ pub fn run(backend: Backend, args: &RunArgs) -> Result<Outcome> {
             cmdline: &args.cmdline,
             cpus: args.cpus,
             ram: &ram,
+            legacy_pic: matches!(vm.irqchip(), Irqchip::Full),
         },
     )?;
     vm.set_memory(mem.clone())?;
