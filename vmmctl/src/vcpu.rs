@@ -206,3 +206,86 @@ pub fn stop_all(handles: Vec<JoinHandle<ExitStats>>) -> ExitStats {
     }
     total
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::devices::tests::devices;
+
+    const RVMX: VcpuId = VcpuId {
+        id: 1,
+        hypervisor: Backend::Rvmx,
+    };
+
+    #[test]
+    fn no_pic_means_its_ports_read_all_ones() {
+        // Linux writes 0xfb to the master's mask and reads it back; 0xff
+        // makes it say "Using NULL legacy PIC".
+        let (d, ..) = devices();
+        let mut stats = ExitStats::default();
+        for port in [0x20, 0x21, 0xa0, 0xa1] {
+            let mut data = [0u8];
+            let exit = VmExit::IoIn {
+                port,
+                data: &mut data,
+            };
+            assert_eq!(handle(RVMX, exit, &d, &mut stats), None);
+            assert_eq!(data, [0xff], "port {port:#x}");
+        }
+        let mut mmio = [0u8; 4];
+        let exit = VmExit::MmioRead {
+            addr: 0xfed0_0000,
+            data: &mut mmio,
+        };
+        assert_eq!(handle(RVMX, exit, &d, &mut stats), None);
+        assert_eq!(mmio, [0xff; 4], "unclaimed MMIO floats high");
+    }
+
+    #[test]
+    fn internal_errors_say_what_the_hypervisor_knows() {
+        let e = InternalError::Emulation {
+            rip: Some(0xffff_ffff_8100_1234),
+            address: Some(0xfed0_0000),
+            bytes: Some([0x0f, 0x01, 0xd9, 0, 0, 0, 0, 0x90]),
+        };
+        assert_eq!(
+            internal_error(RVMX, &e),
+            "vCPU 1: rvmx could not emulate the instruction at RIP 0xffffffff81001234 \
+             (bytes 0f 01 d9 00 00 00 00 90) accessing 0xfed00000"
+        );
+        let bare = InternalError::Emulation {
+            rip: None,
+            address: None,
+            bytes: None,
+        };
+        assert_eq!(
+            internal_error(RVMX, &bare),
+            "vCPU 1: rvmx could not emulate an instruction"
+        );
+        let kvm = VcpuId {
+            id: 0,
+            hypervisor: Backend::Kvm,
+        };
+        assert_eq!(
+            internal_error(kvm, &InternalError::Unknown(None)),
+            "vCPU 0: kvm could not emulate an instruction (internal error)"
+        );
+        assert_eq!(
+            internal_error(RVMX, &InternalError::UnhandledExit(Some(48))),
+            "vCPU 1: rvmx does not handle VMX exit reason 48"
+        );
+    }
+
+    #[test]
+    fn halt_keeps_its_message_and_eoi_without_ioapic_is_harmless() {
+        let (d, ..) = devices();
+        let mut stats = ExitStats::default();
+        assert_eq!(
+            handle(RVMX, VmExit::Halt, &d, &mut stats),
+            Some(Outcome::Error(
+                "vCPU 1 halted with no interrupt controller to wake it".into()
+            ))
+        );
+        assert_eq!(handle(RVMX, VmExit::IoapicEoi(0x30), &d, &mut stats), None);
+    }
+}

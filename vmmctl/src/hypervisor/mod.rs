@@ -246,3 +246,18 @@ pub trait Vcpu: Send {
     /// lives; a signal handler on this vCPU's thread sets it to kick it.
     fn immediate_exit(&mut self) -> NonNull<u8>;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn run_prefers_rvmx_then_kvm() {
+        let here = Path::new("/");
+        let nowhere = Path::new("/nonexistent/device");
+        assert_eq!(Backend::default_for(here, here), Backend::Rvmx);
+        assert_eq!(Backend::default_for(nowhere, here), Backend::Kvm);
+        assert_eq!(Backend::default_for(here, nowhere), Backend::Rvmx);
+        assert_eq!(Backend::default_for(nowhere, nowhere), Backend::Rvmx);
+    }
+}
