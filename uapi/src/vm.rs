@@ -126,6 +126,24 @@ impl VmFd {
         ioctl_val(self, sys::RVMX_SET_USER_MSR_EXITS, reasons as usize).map(drop)
     }
 
+    /// `RVMX_SIGNAL_MSI`: delivers the message-signalled interrupt that
+    /// a write of `data` to `address` (0xFEExxxxx) would raise on the
+    /// system bus. Returns how many local APICs accepted it: 0 when no
+    /// vCPU matches the destination, which is not an error (the message
+    /// is lost, as on hardware).
+    pub fn signal_msi(&self, address: u64, data: u32) -> io::Result<u32> {
+        let mut msi = sys::rvmx_msi {
+            address_lo: address as u32,
+            address_hi: (address >> 32) as u32,
+            data,
+            flags: 0,
+            pad: [0; 16],
+        };
+        let accepted = ioctl_with(self, sys::RVMX_SIGNAL_MSI, &mut msi)?;
+        // The ioctl's non-negative result is a count.
+        Ok(accepted as u32)
+    }
+
     /// `RVMX_CREATE_VCPU` and the mapping of its run area.
     pub fn create_vcpu(&self, id: u32) -> io::Result<VcpuFd> {
         let fd = ioctl_val(self, sys::RVMX_CREATE_VCPU, id as usize)?;
@@ -216,6 +234,31 @@ impl VcpuFd {
         // SAFETY: the mapping lives as long as `self` and is at least one
         // `rvmx_run` long; `&mut self` makes this the only Rust reference.
         unsafe { self.run.as_mut() }
+    }
+
+    /// After `RVMX_EXIT_IOAPIC_EOI`: the vector the guest ended, whose
+    /// I/O APIC pins must drop remote IRR. None after any other exit.
+    pub fn eoi_vector(&mut self) -> Option<u8> {
+        let run = self.run_area();
+        if run.exit_reason != sys::RVMX_EXIT_IOAPIC_EOI {
+            return None;
+        }
+        // SAFETY: the exit reason says the union holds `eoi`.
+        Some(unsafe { run.__bindgen_anon_1.eoi.vector })
+    }
+
+    /// After `RVMX_EXIT_INTERNAL_ERROR`: the suberror and the valid words of
+    /// `data` (at most 16, however large `ndata` claims to be). None after
+    /// any other exit.
+    pub fn internal_error(&mut self) -> Option<(u32, Vec<u64>)> {
+        let run = self.run_area();
+        if run.exit_reason != sys::RVMX_EXIT_INTERNAL_ERROR {
+            return None;
+        }
+        // SAFETY: the exit reason says the union holds `internal`.
+        let internal = unsafe { run.__bindgen_anon_1.internal };
+        let n = (internal.ndata as usize).min(internal.data.len());
+        Some((internal.suberror, internal.data[..n].to_vec()))
     }
 
     /// The `len` bytes at `offset` in the run area (PIO data).

@@ -29,8 +29,9 @@ triple fault, 128 + N when stopped by signal N. See docs/vmmctl.md.";
 #[derive(Parser, Debug)]
 #[command(version, about, long_about, after_long_help = EXAMPLES)]
 pub struct Cli {
-    /// Hypervisor backend. For `run` the default is kvm if /dev/kvm
-    /// exists, else rvmx; for `info` it is rvmx.
+    /// Hypervisor backend. For `run` the default is rvmx if /dev/rvmx
+    /// exists, else kvm if /dev/kvm exists (else rvmx, which then says
+    /// how to load it); for `info` it is rvmx.
     #[arg(long, global = true, value_enum)]
     pub hypervisor: Option<Backend>,
 

@@ -6,15 +6,16 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use vmm_sys_util::eventfd::EventFd;
 
 use crate::boot::{self, cpuid, BootConfig};
 use crate::cli::RunArgs;
 use crate::console::{self, RawTerminal};
 use crate::control::{Control, Outcome};
-use crate::devices::serial::{self, ConsoleOut, IrqTrigger, Serial};
+use crate::devices::irq::Interrupts;
+use crate::devices::serial::{self, ConsoleOut, Serial};
 use crate::devices::Devices;
-use crate::hypervisor::Backend;
+use crate::hypervisor::{Backend, Irqchip};
+use crate::vcpu::VcpuId;
 use crate::{memory, rss, signals, vcpu};
 
 pub fn run(backend: Backend, args: &RunArgs) -> Result<Outcome> {
@@ -34,16 +35,21 @@ pub fn run(backend: Backend, args: &RunArgs) -> Result<Outcome> {
             cmdline: &args.cmdline,
             cpus: args.cpus,
             ram: &ram,
+            legacy_pic: matches!(vm.irqchip(), Irqchip::Full),
         },
     )?;
     vm.set_memory(mem.clone())?;
 
     let control = Arc::new(Control::new()?);
-    let irq = EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC).context("eventfd")?;
-    vm.connect_irq(&irq, serial::IRQ)?;
+    // The firmware tables give the I/O APIC the ID after the last vCPU.
+    let irqs = Interrupts::new(&*vm, args.cpus);
+    let serial_irq = irqs
+        .line(&*vm, serial::IRQ)
+        .context("COM1's interrupt line")?;
     let out = ConsoleOut::new(Box::new(std::io::stdout()), control.clone());
     let devices = Arc::new(Devices::new(
-        Serial::new(IrqTrigger(irq), out),
+        Serial::new(serial_irq, out),
+        irqs.ioapic(),
         control.clone(),
     ));
 
@@ -67,7 +73,11 @@ pub fn run(backend: Backend, args: &RunArgs) -> Result<Outcome> {
     let started = Instant::now();
     let mut threads = Vec::with_capacity(vcpus.len());
     for (id, v) in (0u8..).zip(vcpus) {
-        match vcpu::spawn(id, v, devices.clone(), control.clone()) {
+        let who = VcpuId {
+            id,
+            hypervisor: backend,
+        };
+        match vcpu::spawn(who, v, devices.clone(), control.clone()) {
             Ok(t) => threads.push(t),
             Err(e) => {
                 control.finish(Outcome::Error(format!("{e:#}")));
@@ -119,5 +129,5 @@ fn report_memory(mem: &vm_memory::GuestMemoryMmap, guest_size: u64) {
 
 /// The backend `run` uses when the user names none.
 pub fn default_backend() -> Backend {
-    Backend::default_for(Path::new("/dev/kvm"))
+    Backend::default_for(Path::new(uapi::DEVICE_PATH), Path::new("/dev/kvm"))
 }

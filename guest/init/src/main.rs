@@ -4,8 +4,9 @@
 //! asks after `--`, and ends the VM the way it was told:
 //!
 //!   cpus=N          the kernel must see N CPUs
-//!   then=ACTION     poweroff (default), reboot, panic (init exits), or
-//!                   hang (sleep until the VMM stops the VM)
+//!   then=ACTION     poweroff (default), reboot, panic (init exits),
+//!                   hang (sleep until the VMM stops the VM), or shell
+//!                   (busybox sh on the console, for typed commands)
 //!
 //! Every line starts with "guest-init:"; the last is "guest-init: result
 //! ok" or "guest-init: result FAIL <why>".
@@ -14,6 +15,8 @@ use std::ffi::CString;
 use std::fs::OpenOptions;
 use std::io::Write;
 use std::os::fd::AsRawFd;
+use std::os::unix::process::CommandExt;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 fn main() {
@@ -39,6 +42,9 @@ fn main() {
         "hang" => loop {
             std::thread::sleep(Duration::from_secs(3600));
         },
+        // If the shell cannot start, init returns: the kernel panics, and
+        // the test sees why on the console.
+        "shell" => return shell(),
         _ => libc::RB_POWER_OFF,
     };
     // SAFETY: reboot(2) with a valid command; it does not return on success.
@@ -47,6 +53,19 @@ fn main() {
         "guest-init: reboot({then}) failed: {}",
         std::io::Error::last_os_error()
     );
+}
+
+/// Replaces init with busybox's shell on the console, its applets
+/// (poweroff, ...) installed in /bin. Returns only if that fails.
+fn shell() {
+    let installed = Command::new("/bin/busybox")
+        .args(["--install", "-s", "/bin"])
+        .status();
+    if !installed.as_ref().is_ok_and(|s| s.success()) {
+        println!("guest-init: busybox --install failed: {installed:?}");
+    }
+    let err = Command::new("/bin/sh").env("PATH", "/bin").exec();
+    println!("guest-init: cannot start /bin/sh: {err}");
 }
 
 /// /dev, /proc, /sys, and the console as stdin/stdout/stderr (the

@@ -5,7 +5,8 @@
 //! in ACPI mode; no FACS, PM timer or GPE block. The MADT is needed
 //! because Linux, once it has ACPI, ignores the MP table; it repeats the
 //! MP table's facts (one local APIC per vCPU, the IOAPIC after them, ISA
-//! IRQs on the same IOAPIC pins, so no overrides).
+//! IRQs on the same IOAPIC pins, so no overrides), and says whether there
+//! are 8259 PICs.
 
 use anyhow::{Context, Result};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
@@ -89,14 +90,18 @@ fn fadt() -> Vec<u8> {
     table(b"FACP", 6, &b)
 }
 
-fn madt(cpus: u8) -> Vec<u8> {
-    const PCAT_COMPAT: u32 = 1; // there are 8259s as well
+/// `legacy_pic`: the hypervisor emulates 8259s (KVM's full irqchip). Where
+/// it does not (rvmx), PCAT_COMPAT must stay clear: Linux 6.9 and later
+/// trust that flag instead of probing, and would drive PICs that are not
+/// there rather than say "Using NULL legacy PIC".
+fn madt(cpus: u8, legacy_pic: bool) -> Vec<u8> {
+    const PCAT_COMPAT: u32 = 1;
     const LOCAL_APIC: u8 = 0;
     const IO_APIC: u8 = 1;
     const ENABLED: u32 = 1;
     let mut b = Vec::new();
     b.extend(LAPIC.to_le_bytes());
-    b.extend(PCAT_COMPAT.to_le_bytes());
+    b.extend(if legacy_pic { PCAT_COMPAT } else { 0 }.to_le_bytes());
     for id in 0..cpus {
         b.extend([LOCAL_APIC, 8, id, id]); // type, length, UID, APIC ID
         b.extend(ENABLED.to_le_bytes());
@@ -123,7 +128,7 @@ fn rsdp() -> Vec<u8> {
 }
 
 /// The tables for a VM with `cpus` vCPUs, as (address, bytes).
-pub fn tables(cpus: u8) -> Vec<(u64, Vec<u8>)> {
+pub fn tables(cpus: u8, legacy_pic: bool) -> Vec<(u64, Vec<u8>)> {
     let xsdt: Vec<u8> = [FADT_AT, MADT_AT]
         .iter()
         .flat_map(|a| a.to_le_bytes())
@@ -133,13 +138,13 @@ pub fn tables(cpus: u8) -> Vec<(u64, Vec<u8>)> {
         (XSDT_AT, table(b"XSDT", 1, &xsdt)),
         (FADT_AT, fadt()),
         (DSDT_AT, table(b"DSDT", 2, &DSDT_AML)),
-        (MADT_AT, madt(cpus)),
+        (MADT_AT, madt(cpus, legacy_pic)),
     ]
 }
 
 /// Writes the tables; returns the RSDP's address for the zero page.
-pub fn write(mem: &GuestMemoryMmap, cpus: u8) -> Result<u64> {
-    for (at, bytes) in tables(cpus) {
+pub fn write(mem: &GuestMemoryMmap, cpus: u8, legacy_pic: bool) -> Result<u64> {
+    for (at, bytes) in tables(cpus, legacy_pic) {
         mem.write_slice(&bytes, GuestAddress(at))
             .context("writing the ACPI tables")?;
     }
@@ -164,7 +169,7 @@ mod tests {
 
     #[test]
     fn checksums_lengths_and_links() {
-        let t = tables(crate::boot::mptable::MAX_CPUS);
+        let t = tables(crate::boot::mptable::MAX_CPUS, true);
         let find = |at: u64| &t.iter().find(|(a, _)| *a == at).unwrap().1;
         let rsdp = find(RSDP_AT);
         assert_eq!(&rsdp[..8], b"RSD PTR ");
@@ -190,9 +195,11 @@ mod tests {
 
     #[test]
     fn madt_lists_each_cpu_then_the_ioapic() {
-        let m = madt(3);
+        let m = madt(3, false);
         assert_eq!(&m[..4], b"APIC");
         assert_eq!(u32_at(&m, 36), LAPIC);
+        assert_eq!(u32_at(&m, 40), 0, "no PCAT_COMPAT: no 8259s");
+        assert_eq!(u32_at(&madt(3, true), 40), 1, "PCAT_COMPAT");
         let entries = &m[44..];
         let cpus: Vec<_> = entries
             .chunks(8)
@@ -202,6 +209,7 @@ mod tests {
         assert_eq!(cpus, [(0, 8, 0, 1), (0, 8, 1, 1), (0, 8, 2, 1)]);
         let io = &entries[24..];
         assert_eq!((io[0], io[1], io[2], u32_at(io, 4)), (1, 12, 3, IOAPIC));
+        assert_eq!(u32_at(io, 8), 0, "GSI base 0: ISA IRQ n is pin n");
         assert_eq!(io.len(), 12);
     }
 

@@ -129,4 +129,37 @@ mod tests {
             (1, 0, 0x43)
         );
     }
+
+    #[test]
+    fn interrupt_and_tsc_features_pass_through() {
+        // What rvmx advertises so Linux needs no PIT: APIC, x2APIC and
+        // TSC-deadline in leaf 1, ARAT in leaf 6, the TSC in 0x15/0x16.
+        let mut l1 = leaf(1, 0);
+        l1.ecx = (1 << 21) | (1 << 24);
+        l1.edx = 1 << 9;
+        let l6 = CpuidEntry {
+            function: 6,
+            eax: 1 << 2,
+            ..Default::default()
+        };
+        let l15 = CpuidEntry {
+            function: 0x15,
+            eax: 1,
+            ebx: 1,
+            ecx: 2_000_000_000,
+            ..Default::default()
+        };
+        let l16 = CpuidEntry {
+            function: 0x16,
+            eax: 2000,
+            ..Default::default()
+        };
+        let t = normalize(&[l1, l6, l15, l16], 1, 2);
+        let e = find(&t, 1, 0);
+        assert_eq!(e.ecx & ((1 << 21) | (1 << 24)), (1 << 21) | (1 << 24));
+        assert_eq!(e.edx & (1 << 9), 1 << 9, "APIC");
+        assert_eq!(find(&t, 6, 0), l6);
+        assert_eq!(find(&t, 0x15, 0), l15);
+        assert_eq!(find(&t, 0x16, 0), l16);
+    }
 }

@@ -40,6 +40,8 @@ pub struct BootConfig<'a> {
     pub cmdline: &'a str,
     pub cpus: u8,
     pub ram: &'a [(u64, u64)],
+    /// The hypervisor emulates 8259 PICs (the ACPI tables say so).
+    pub legacy_pic: bool,
 }
 
 /// The kinds of kernel vmmctl boots.
@@ -84,7 +86,7 @@ pub fn load(mem: &GuestMemoryMmap, cfg: &BootConfig<'_>) -> Result<CpuState> {
     let e820 = e820::map(cfg.ram);
     let (gdtr, idtr) = gdt::write(mem)?;
     mptable::write(mem, cfg.cpus)?;
-    let rsdp = acpi::write(mem, cfg.cpus)?;
+    let rsdp = acpi::write(mem, cfg.cpus, cfg.legacy_pic)?;
     let mut state = CpuState {
         gdt: gdtr,
         idt: idtr,

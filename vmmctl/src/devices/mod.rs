@@ -1,17 +1,23 @@
-//! The VM's port-I/O devices and the bus that routes accesses to them.
-//! The PIC, IOAPIC, local APICs and PIT live in the hypervisor.
+//! The VM's devices and the bus that routes port I/O and MMIO to them.
+//! The local APICs live in the hypervisor, and with KVM also the PIC, I/O
+//! APIC and PIT; with rvmx the I/O APIC is vmmctl's (`ioapic`), and there
+//! is no PIC: its ports read as all-ones like any port nobody answers.
 
 mod acpi_pm;
 pub mod debug_exit;
 pub mod i8042;
+pub mod ioapic;
+pub mod irq;
 mod panic_watch;
 pub mod serial;
 
+use std::io;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::control::{Control, Outcome};
 use acpi_pm::AcpiPm;
 use i8042::{ResetTrigger, I8042};
+use ioapic::Ioapic;
 use serial::Serial;
 
 /// The POST-code port: Linux writes to it as an I/O delay; nothing answers.
@@ -21,6 +27,8 @@ pub struct Devices {
     serial: Mutex<Serial>,
     i8042: Mutex<I8042>,
     pm: Mutex<AcpiPm>,
+    /// vmmctl's I/O APIC, where the hypervisor has none.
+    ioapic: Option<Arc<Ioapic>>,
     control: Arc<Control>,
 }
 
@@ -31,12 +39,47 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Devices {
-    pub fn new(serial: Serial, control: Arc<Control>) -> Self {
+    pub fn new(serial: Serial, ioapic: Option<Arc<Ioapic>>, control: Arc<Control>) -> Self {
         Self {
             serial: Mutex::new(serial),
             i8042: Mutex::new(I8042::new(ResetTrigger(control.clone()))),
             pm: Mutex::new(AcpiPm::default()),
+            ioapic,
             control,
+        }
+    }
+
+    /// The I/O APIC if `addr` is in its window, with the offset there.
+    fn ioapic_at(&self, addr: u64) -> Option<(&Ioapic, u64)> {
+        let offset = addr.checked_sub(ioapic::BASE)?;
+        let ioapic = self.ioapic.as_deref()?;
+        (offset < ioapic::SIZE).then_some((ioapic, offset))
+    }
+
+    /// An MMIO load: fills `data` and returns true if a device answered.
+    pub fn mmio_read(&self, addr: u64, data: &mut [u8]) -> bool {
+        let Some((ioapic, offset)) = self.ioapic_at(addr) else {
+            return false;
+        };
+        ioapic.read(offset, data);
+        true
+    }
+
+    /// An MMIO store: returns whether a device took it, or the error of
+    /// the interrupt it made the I/O APIC send.
+    pub fn mmio_write(&self, addr: u64, data: &[u8]) -> io::Result<bool> {
+        let Some((ioapic, offset)) = self.ioapic_at(addr) else {
+            return Ok(false);
+        };
+        ioapic.write(offset, data)?;
+        Ok(true)
+    }
+
+    /// The guest ended level-triggered `vector` (split irqchip only).
+    pub fn ioapic_eoi(&self, vector: u8) -> io::Result<()> {
+        match &self.ioapic {
+            Some(ioapic) => ioapic.eoi(vector),
+            None => Ok(()),
         }
     }
 
@@ -97,14 +140,15 @@ impl Devices {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+    use crate::hypervisor::MsiSink;
     use std::io::Write;
     use vmm_sys_util::eventfd::EventFd;
 
     /// Console output captured for assertions.
     #[derive(Clone, Default)]
-    struct Capture(Arc<Mutex<Vec<u8>>>);
+    pub(crate) struct Capture(Arc<Mutex<Vec<u8>>>);
     impl Write for Capture {
         fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
             self.0.lock().unwrap().extend_from_slice(b);
@@ -115,13 +159,13 @@ mod tests {
         }
     }
 
-    fn devices() -> (Devices, Arc<Control>, Capture, EventFd) {
+    pub(crate) fn devices() -> (Devices, Arc<Control>, Capture, EventFd) {
         let control = Arc::new(Control::new().unwrap());
         let irq = EventFd::new(libc::EFD_NONBLOCK).unwrap();
         let cap = Capture::default();
         let out = serial::ConsoleOut::new(Box::new(cap.clone()), control.clone());
-        let s = Serial::new(serial::IrqTrigger(irq.try_clone().unwrap()), out);
-        (Devices::new(s, control.clone()), control, cap, irq)
+        let s = Serial::new(irq::IrqLine::Irqfd(irq.try_clone().unwrap()), out);
+        (Devices::new(s, None, control.clone()), control, cap, irq)
     }
 
     #[test]
@@ -186,5 +230,69 @@ mod tests {
         let mut data = [0u8; 2];
         assert!(!d.pio_in(0x510, &mut data));
         assert!(!d.pio_out(0xcf8, &[0, 0, 0, 0x80]));
+    }
+
+    /// Records the MSIs vmmctl's I/O APIC sends.
+    #[derive(Default)]
+    struct Msis(Mutex<Vec<(u64, u32)>>);
+    impl MsiSink for Msis {
+        fn signal_msi(&self, address: u64, data: u32) -> io::Result<u32> {
+            self.0.lock().unwrap().push((address, data));
+            Ok(1)
+        }
+    }
+
+    /// Devices as on rvmx: COM1 on pin 4 of vmmctl's I/O APIC.
+    fn split_devices() -> (Devices, Arc<Msis>) {
+        let control = Arc::new(Control::new().unwrap());
+        let msis = Arc::new(Msis::default());
+        let ioapic = Arc::new(Ioapic::new(1, msis.clone()));
+        let line = irq::IrqLine::Ioapic {
+            ioapic: ioapic.clone(),
+            pin: serial::IRQ as usize,
+        };
+        let out = serial::ConsoleOut::new(Box::new(Capture::default()), control.clone());
+        let d = Devices::new(Serial::new(line, out), Some(ioapic), control);
+        (d, msis)
+    }
+
+    const IOREGSEL: u64 = 0xfec0_0000;
+    const IOWIN: u64 = 0xfec0_0010;
+
+    #[test]
+    fn ioapic_window_is_routed_and_nothing_else() {
+        let (d, _) = split_devices();
+        assert!(d.mmio_write(IOREGSEL, &1u32.to_le_bytes()).unwrap());
+        let mut v = [0u8; 4];
+        assert!(d.mmio_read(IOWIN, &mut v));
+        assert_eq!(u32::from_le_bytes(v), 0x0017_0020, "version register");
+        assert!(!d.mmio_read(0xfec0_1000, &mut v), "past the window");
+        assert!(!d.mmio_read(0xfebf_fffc, &mut v), "below it");
+        assert!(!d.mmio_write(0xfed0_0000, &[0]).unwrap());
+        let (kvm, ..) = devices();
+        assert!(!kvm.mmio_read(IOWIN, &mut v), "KVM's I/O APIC is its own");
+        kvm.ioapic_eoi(0x24).unwrap();
+    }
+
+    #[test]
+    fn serial_input_interrupts_through_the_ioapic_and_eoi_reaches_it() {
+        let (d, msis) = split_devices();
+        // The guest routes pin 4 to vector 0x24 on APIC 0, edge, and
+        // enables the received-data interrupt.
+        d.mmio_write(IOREGSEL, &0x18u32.to_le_bytes()).unwrap();
+        d.mmio_write(IOWIN, &0x24u32.to_le_bytes()).unwrap();
+        d.pio_out(0x3f9, &[0x01]);
+        assert_eq!(d.serial_input(b"ls\n"), 3);
+        let sent = msis.0.lock().unwrap().clone();
+        assert!(!sent.is_empty(), "COM1 interrupted");
+        assert!(sent.iter().all(|&m| m == (0xfee0_0000, 0x24)), "{sent:x?}");
+        // A level-triggered pin waits for its EOI.
+        msis.0.lock().unwrap().clear();
+        d.mmio_write(IOREGSEL, &0x1au32.to_le_bytes()).unwrap();
+        d.mmio_write(IOWIN, &0x8025u32.to_le_bytes()).unwrap();
+        let ioapic = d.ioapic.clone().unwrap();
+        ioapic.set_level(5, true).unwrap();
+        d.ioapic_eoi(0x25).unwrap();
+        assert_eq!(msis.0.lock().unwrap().len(), 2, "re-sent after the EOI");
     }
 }

@@ -5,25 +5,15 @@ use std::io::{self, Write};
 use std::sync::Arc;
 
 use vm_superio::serial::NoEvents;
-use vm_superio::Trigger;
-use vmm_sys_util::eventfd::EventFd;
 
 use crate::control::{Control, Outcome};
+use crate::devices::irq::IrqLine;
 use crate::devices::panic_watch::PanicWatch;
 
 pub const BASE: u16 = 0x3f8;
+/// ISA IRQ 4, I/O APIC pin 4: edge-triggered, active high, as the MADT
+/// and MP table say by giving ISA IRQs no override.
 pub const IRQ: u32 = 4;
-
-/// Raises the UART's interrupt line: the hypervisor turns each eventfd
-/// write into an edge on the IRQ.
-pub struct IrqTrigger(pub EventFd);
-
-impl Trigger for IrqTrigger {
-    type E = io::Error;
-    fn trigger(&self) -> io::Result<()> {
-        self.0.write(1)
-    }
-}
 
 /// Where the guest's console output goes.
 pub struct ConsoleOut {
@@ -58,4 +48,5 @@ impl Write for ConsoleOut {
     }
 }
 
-pub type Serial = vm_superio::Serial<IrqTrigger, NoEvents, ConsoleOut>;
+/// vm-superio triggers the line once per interrupt it raises: a pulse.
+pub type Serial = vm_superio::Serial<IrqLine, NoEvents, ConsoleOut>;

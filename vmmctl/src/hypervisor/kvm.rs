@@ -16,7 +16,7 @@ use kvm_ioctls::{Cap, VcpuExit, VcpuFd, VmFd};
 use vm_memory::{Address, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 use vmm_sys_util::eventfd::EventFd;
 
-use super::{CpuState, CpuidEntry, Hypervisor, Segment, Vcpu, Vm, VmExit};
+use super::{CpuState, CpuidEntry, Hypervisor, InternalError, Irqchip, Segment, Vcpu, Vm, VmExit};
 
 /// KVM needs three pages of guest-physical space for the real-mode TSS of
 /// CPUs without unrestricted guest; put them just below the BIOS area at
@@ -141,6 +141,11 @@ impl Vm for KvmVm {
         }
         self.memory = Some(memory);
         Ok(())
+    }
+
+    /// KVM_CREATE_IRQCHIP gave it all of them.
+    fn irqchip(&self) -> Irqchip {
+        Irqchip::Full
     }
 
     fn connect_irq(&self, event: &EventFd, gsi: u32) -> Result<()> {
@@ -313,15 +318,16 @@ impl Vcpu for KvmVcpu {
         Ok(match exit {
             VcpuExit::IoIn(port, data) => VmExit::IoIn { port, data },
             VcpuExit::IoOut(port, data) => VmExit::IoOut { port, data },
-            VcpuExit::MmioRead(_, data) => VmExit::MmioRead { data },
-            VcpuExit::MmioWrite(..) => VmExit::MmioWrite,
+            VcpuExit::MmioRead(addr, data) => VmExit::MmioRead { addr, data },
+            VcpuExit::MmioWrite(addr, data) => VmExit::MmioWrite { addr, data },
             VcpuExit::Hlt => VmExit::Halt,
             VcpuExit::Shutdown => VmExit::Shutdown,
             VcpuExit::FailEntry(reason, _cpu) => VmExit::FailEntry(reason),
-            VcpuExit::InternalError => VmExit::InternalError,
+            // kvm-ioctls hands out no details.
+            VcpuExit::InternalError => VmExit::InternalError(InternalError::Unknown(None)),
             VcpuExit::Intr => VmExit::Interrupted,
             VcpuExit::SystemEvent(..) => VmExit::Other("system-event"),
-            VcpuExit::IoapicEoi(_) => VmExit::Other("ioapic-eoi"),
+            VcpuExit::IoapicEoi(vector) => VmExit::IoapicEoi(vector),
             VcpuExit::Hypercall(_) => VmExit::Other("hypercall"),
             VcpuExit::Debug(_) => VmExit::Other("debug"),
             VcpuExit::Exception => VmExit::Other("exception"),

@@ -6,6 +6,7 @@ mod kvm;
 mod rvmx;
 
 use std::fmt;
+use std::io;
 use std::path::Path;
 use std::ptr::NonNull;
 use std::sync::Arc;
@@ -37,10 +38,11 @@ impl fmt::Display for Backend {
 }
 
 impl Backend {
-    /// The default a user expects: KVM where /dev/kvm exists (it runs
-    /// guests today), else rvmx (whose device then says what is missing).
-    pub fn default_for(kvm_device: &Path) -> Backend {
-        if kvm_device.exists() {
+    /// The default for `run`: rvmx where its device exists (rvmx is what
+    /// this project is for), else KVM where /dev/kvm exists, else rvmx
+    /// again, whose open then says how to load it.
+    pub fn default_for(rvmx_device: &Path, kvm_device: &Path) -> Backend {
+        if !rvmx_device.exists() && kvm_device.exists() {
             Backend::Kvm
         } else {
             Backend::Rvmx
@@ -122,6 +124,44 @@ pub struct CpuState {
     pub efer: u64,
 }
 
+/// Delivers message-signalled interrupts to the VM's local APICs: how an
+/// interrupt controller outside the hypervisor reaches the guest.
+pub trait MsiSink: Send + Sync {
+    /// Sends the interrupt that a write of `data` to `address` (0xFEExxxxx)
+    /// raises on the system bus; returns how many local APICs accepted it.
+    fn signal_msi(&self, address: u64, data: u32) -> io::Result<u32>;
+}
+
+/// Which interrupt controllers the hypervisor emulates itself.
+pub enum Irqchip {
+    /// All of a PC's: 8259 PICs, I/O APIC, local APICs (and a PIT). A
+    /// device's line is a GSI, wired to an eventfd by `Vm::connect_irq`.
+    Full,
+    /// Only the local APICs (KVM's split irqchip). There is no PIC or PIT;
+    /// vmmctl emulates the I/O APIC (`devices::ioapic`), which sends its
+    /// interrupts to this sink and learns of the guest's EOIs of
+    /// level-triggered vectors from `VmExit::IoapicEoi`.
+    Split(Arc<dyn MsiSink>),
+}
+
+/// What the hypervisor says with an internal error.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InternalError {
+    /// It could not emulate an instruction; what it knows about it.
+    Emulation {
+        rip: Option<u64>,
+        /// The guest-physical address the instruction accessed.
+        address: Option<u64>,
+        /// The first 8 bytes at RIP.
+        bytes: Option<[u8; 8]>,
+    },
+    /// An exit it does not handle: the VMX basic exit reason.
+    UnhandledExit(Option<u64>),
+    /// No details (KVM through kvm-ioctls), or a suberror vmmctl does not
+    /// know.
+    Unknown(Option<u32>),
+}
+
 /// Why `Vcpu::run` returned to userspace.
 #[derive(Debug)]
 pub enum VmExit<'a> {
@@ -129,11 +169,16 @@ pub enum VmExit<'a> {
     IoIn { port: u16, data: &'a mut [u8] },
     /// `out` to a port.
     IoOut { port: u16, data: &'a [u8] },
-    /// A load from an address no memory or device backs: fill `data`.
-    MmioRead { data: &'a mut [u8] },
-    /// A store to an address no memory or device backs.
-    MmioWrite,
-    /// HLT with no interrupt able to wake the vCPU (no in-kernel irqchip).
+    /// A load from guest-physical `addr`, which no memory backs: fill
+    /// `data`.
+    MmioRead { addr: u64, data: &'a mut [u8] },
+    /// A store to guest-physical `addr`, which no memory backs.
+    MmioWrite { addr: u64, data: &'a [u8] },
+    /// The guest EOI'd `vector`, which was delivered level-triggered
+    /// (`Irqchip::Split` only).
+    IoapicEoi(u8),
+    /// HLT with no interrupt able to wake the vCPU (KVM without its
+    /// irqchip; never with one).
     Halt,
     /// The guest triple-faulted.
     Shutdown,
@@ -142,7 +187,7 @@ pub enum VmExit<'a> {
     /// VM entry failed; the hardware reason code.
     FailEntry(u64),
     /// The hypervisor could not emulate an instruction or event.
-    InternalError,
+    InternalError(InternalError),
     /// Any other exit, by the backend's name for it.
     Other(&'static str),
 }
@@ -154,12 +199,13 @@ impl VmExit<'_> {
             VmExit::IoIn { .. } => "io-in",
             VmExit::IoOut { .. } => "io-out",
             VmExit::MmioRead { .. } => "mmio-read",
-            VmExit::MmioWrite => "mmio-write",
+            VmExit::MmioWrite { .. } => "mmio-write",
+            VmExit::IoapicEoi(_) => "ioapic-eoi",
             VmExit::Halt => "hlt",
             VmExit::Shutdown => "shutdown",
             VmExit::Interrupted => "interrupted",
             VmExit::FailEntry(_) => "fail-entry",
-            VmExit::InternalError => "internal-error",
+            VmExit::InternalError(_) => "internal-error",
             VmExit::Other(name) => name,
         }
     }
@@ -169,8 +215,8 @@ impl VmExit<'_> {
 pub trait Hypervisor {
     /// The CPUID leaves the hypervisor can present to a guest.
     fn supported_cpuid(&self) -> Result<Vec<CpuidEntry>>;
-    /// A VM with an interrupt controller and a PIT, ready for memory and
-    /// vCPUs.
+    /// A VM with the hypervisor's interrupt controllers (see
+    /// `Vm::irqchip`), ready for memory and vCPUs.
     fn create_vm(&self) -> Result<Box<dyn Vm>>;
 }
 
@@ -178,7 +224,10 @@ pub trait Hypervisor {
 pub trait Vm: Send + Sync {
     /// Backs guest physical memory with `memory`; the VM keeps it alive.
     fn set_memory(&mut self, memory: Arc<GuestMemoryMmap>) -> Result<()>;
-    /// Every write to `event` raises (edge) interrupt line `gsi`.
+    /// Where device interrupts go.
+    fn irqchip(&self) -> Irqchip;
+    /// Every write to `event` raises (edge) interrupt line `gsi` of the
+    /// hypervisor's I/O APIC (`Irqchip::Full` only).
     fn connect_irq(&self, event: &EventFd, gsi: u32) -> Result<()>;
     /// vCPU `id` (its APIC ID). vCPU 0 boots; the others wait for SIPI.
     fn create_vcpu(&self, id: u8) -> Result<Box<dyn Vcpu>>;
@@ -196,4 +245,19 @@ pub trait Vcpu: Send {
     /// makes `run` return `Interrupted` at once. Valid while the vCPU
     /// lives; a signal handler on this vCPU's thread sets it to kick it.
     fn immediate_exit(&mut self) -> NonNull<u8>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn run_prefers_rvmx_then_kvm() {
+        let here = Path::new("/");
+        let nowhere = Path::new("/nonexistent/device");
+        assert_eq!(Backend::default_for(here, here), Backend::Rvmx);
+        assert_eq!(Backend::default_for(nowhere, here), Backend::Kvm);
+        assert_eq!(Backend::default_for(here, nowhere), Backend::Rvmx);
+        assert_eq!(Backend::default_for(nowhere, nowhere), Backend::Rvmx);
+    }
 }

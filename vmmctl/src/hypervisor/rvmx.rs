@@ -1,15 +1,16 @@
 //! The rvmx backend (/dev/rvmx), through the `uapi` crate.
 //!
-//! rvmx runs guests but does not inject interrupts yet: device interrupt
-//! lines are accepted and not delivered (said once on stderr), and secondary
-//! vCPUs, which would need INIT/SIPI, are refused by name. A guest that
-//! needs neither (a multiboot kernel polling its serial port) runs to its
-//! end; Linux stops at the first HLT that waits for a timer interrupt, and
-//! vmmctl reports the halt.
+//! rvmx has KVM's split irqchip: the local APICs (and their timers) are in
+//! the kernel, the I/O APIC is vmmctl's. Device interrupts therefore reach
+//! the guest as MSIs (`RVMX_SIGNAL_MSI`) sent by vmmctl's I/O APIC, whose
+//! MMIO window exits here like any MMIO; the guest's EOI of a
+//! level-triggered vector comes back as `RVMX_EXIT_IOAPIC_EOI`. HLT, IPIs
+//! and INIT/SIPI stay in the kernel: vCPUs other than 0 are created and
+//! run, and sleep inside `RVMX_RUN` until the boot vCPU starts them.
 
+use std::io;
 use std::path::Path;
 use std::ptr::NonNull;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
@@ -17,7 +18,9 @@ use uapi::{sys, VcpuFd, VmFd};
 use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 use vmm_sys_util::eventfd::EventFd;
 
-use super::{CpuState, CpuidEntry, Hypervisor, Segment, Vcpu, Vm, VmExit};
+use super::{
+    CpuState, CpuidEntry, Hypervisor, InternalError, Irqchip, MsiSink, Segment, Vcpu, Vm, VmExit,
+};
 
 pub struct Rvmx {
     dev: uapi::Rvmx,
@@ -68,18 +71,23 @@ impl Hypervisor for Rvmx {
             .create_vm()
             .context("RVMX_CREATE_VM (EBUSY: kvm_intel holds VMX, rmmod kvm_intel first)")?;
         Ok(Box::new(RvmxVm {
-            fd,
+            fd: Arc::new(fd),
             memory: None,
-            warned_irq: AtomicBool::new(false),
         }))
     }
 }
 
 struct RvmxVm {
-    fd: VmFd,
+    /// Shared with vmmctl's I/O APIC, which sends MSIs on it.
+    fd: Arc<VmFd>,
     /// Kept alive while the VM may touch it.
     memory: Option<Arc<GuestMemoryMmap>>,
-    warned_irq: AtomicBool,
+}
+
+impl MsiSink for VmFd {
+    fn signal_msi(&self, address: u64, data: u32) -> io::Result<u32> {
+        VmFd::signal_msi(self, address, data)
+    }
 }
 
 impl Vm for RvmxVm {
@@ -104,24 +112,19 @@ impl Vm for RvmxVm {
         Ok(())
     }
 
+    fn irqchip(&self) -> Irqchip {
+        Irqchip::Split(self.fd.clone())
+    }
+
     fn connect_irq(&self, _event: &EventFd, gsi: u32) -> Result<()> {
-        if !self.warned_irq.swap(true, Ordering::Relaxed) {
-            eprintln!(
-                "vmmctl: rvmx cannot inject interrupts yet: IRQ {gsi} and the timer are not \
-                 delivered; a guest that waits for an interrupt stops at its next HLT"
-            );
-        }
-        Ok(())
+        bail!("rvmx has no I/O APIC of its own to wire GSI {gsi} to: vmmctl's I/O APIC drives it")
     }
 
     fn create_vcpu(&self, id: u8) -> Result<Box<dyn Vcpu>> {
-        if id != 0 {
-            bail!("rvmx cannot start secondary vCPUs yet (no INIT/SIPI delivery): use --cpus 1");
-        }
         let mut fd = self
             .fd
             .create_vcpu(u32::from(id))
-            .context("RVMX_CREATE_VCPU")?;
+            .with_context(|| format!("RVMX_CREATE_VCPU {id}"))?;
         let immediate_exit = NonNull::from(&mut fd.run_area().immediate_exit);
         Ok(Box::new(RvmxVcpu { fd, immediate_exit }))
     }
@@ -259,15 +262,26 @@ impl Vcpu for RvmxVcpu {
                 let run = self.fd.run_area();
                 // SAFETY: the exit reason says the union holds `mmio`.
                 let mmio = unsafe { &mut run.__bindgen_anon_1.mmio };
+                let addr = mmio.phys_addr;
+                let len = (mmio.len as usize).min(mmio.data.len());
                 if mmio.is_write != 0 {
-                    VmExit::MmioWrite
+                    VmExit::MmioWrite {
+                        addr,
+                        data: &mmio.data[..len],
+                    }
                 } else {
-                    let len = (mmio.len as usize).min(mmio.data.len());
                     VmExit::MmioRead {
+                        addr,
                         data: &mut mmio.data[..len],
                     }
                 }
             }
+            sys::RVMX_EXIT_IOAPIC_EOI => {
+                let vector = self.fd.eoi_vector().context("EOI exit without a vector")?;
+                VmExit::IoapicEoi(vector)
+            }
+            // An rvmx without its in-kernel local APIC (older than the
+            // split irqchip) still reports HLT.
             sys::RVMX_EXIT_HLT => VmExit::Halt,
             sys::RVMX_EXIT_SHUTDOWN => VmExit::Shutdown,
             sys::RVMX_EXIT_INTR => VmExit::Interrupted,
@@ -276,7 +290,13 @@ impl Vcpu for RvmxVcpu {
                 let f = unsafe { self.fd.run_area().__bindgen_anon_1.fail_entry };
                 VmExit::FailEntry(f.hardware_entry_failure_reason)
             }
-            sys::RVMX_EXIT_INTERNAL_ERROR => VmExit::InternalError,
+            sys::RVMX_EXIT_INTERNAL_ERROR => {
+                let (suberror, data) = self
+                    .fd
+                    .internal_error()
+                    .context("internal-error exit without its data")?;
+                VmExit::InternalError(decode_internal_error(suberror, &data))
+            }
             sys::RVMX_EXIT_HYPERCALL => VmExit::Other("hypercall"),
             _ => VmExit::Other("other"),
         })
@@ -284,5 +304,58 @@ impl Vcpu for RvmxVcpu {
 
     fn immediate_exit(&mut self) -> NonNull<u8> {
         self.immediate_exit
+    }
+}
+
+/// rvmx's internal-error data in vmmctl's terms; `data` holds only the
+/// words rvmx marked valid.
+fn decode_internal_error(suberror: u32, data: &[u64]) -> InternalError {
+    match suberror {
+        sys::RVMX_INTERNAL_ERROR_EMULATION => InternalError::Emulation {
+            rip: data.first().copied(),
+            address: data.get(1).copied(),
+            bytes: data.get(2).map(|w| w.to_le_bytes()),
+        },
+        sys::RVMX_INTERNAL_ERROR_UNHANDLED_EXIT => {
+            InternalError::UnhandledExit(data.first().copied())
+        }
+        other => InternalError::Unknown(Some(other)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn internal_error_data_is_decoded_as_far_as_it_is_valid() {
+        let bytes = u64::from_le_bytes([0x0f, 0x01, 0xd9, 0x90, 0x90, 0x90, 0x90, 0x90]);
+        assert_eq!(
+            decode_internal_error(
+                sys::RVMX_INTERNAL_ERROR_EMULATION,
+                &[0xffff_ffff_8100_0000, 0xfed0_0000, bytes]
+            ),
+            InternalError::Emulation {
+                rip: Some(0xffff_ffff_8100_0000),
+                address: Some(0xfed0_0000),
+                bytes: Some([0x0f, 0x01, 0xd9, 0x90, 0x90, 0x90, 0x90, 0x90]),
+            }
+        );
+        assert_eq!(
+            decode_internal_error(sys::RVMX_INTERNAL_ERROR_EMULATION, &[0x1000]),
+            InternalError::Emulation {
+                rip: Some(0x1000),
+                address: None,
+                bytes: None,
+            }
+        );
+        assert_eq!(
+            decode_internal_error(sys::RVMX_INTERNAL_ERROR_UNHANDLED_EXIT, &[48, 0]),
+            InternalError::UnhandledExit(Some(48))
+        );
+        assert_eq!(
+            decode_internal_error(9, &[]),
+            InternalError::Unknown(Some(9))
+        );
     }
 }
