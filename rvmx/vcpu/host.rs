@@ -112,8 +112,14 @@ impl SavedHost {
     }
 
     /// Restores what the VM exits of the window changed, before interrupts
-    /// are enabled again.
-    pub(crate) fn restore(&self) {
+    /// are enabled again, after saving the guest's IA32_KERNEL_GS_BASE: its
+    /// SWAPGS changes that MSR without an exit (the other switched MSRs
+    /// change only through WRMSR, which exits).
+    pub(crate) fn restore(&self, guest: &mut [u64; SWITCHED_MSRS.len()]) {
+        if let Some(i) = SWITCHED_MSRS.iter().position(|&m| m == KERNEL_GS_BASE) {
+            // SAFETY: the MSR exists on every x86-64 CPU.
+            guest[i] = unsafe { instr::rdmsr(KERNEL_GS_BASE) };
+        }
         // SAFETY: the values saved on this CPU before entering, interrupts
         // still off.
         unsafe {

@@ -411,7 +411,7 @@ impl Vcpu {
         };
         entry::report(self, &vmcs, guest);
         guest.fpu.save(host_xcr0);
-        host.restore();
+        host.restore(&mut guest.msrs);
         drop(vmcs);
         drop(window);
         if nmi {

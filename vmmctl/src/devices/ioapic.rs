@@ -104,8 +104,10 @@ struct Regs {
     id: u8,
     select: u8,
     entries: [u64; PINS],
-    /// The electrical level of each input pin: bit n set = pin n high.
-    high: u32,
+    /// Which input lines are asserted (bit n = pin n). Sources report the
+    /// logical state, as KVM's do: the polarity bit tells the guest how the
+    /// line is wired, and an idle active-low line (the SCI) is not asserted.
+    asserted: u32,
 }
 
 impl Ioapic {
@@ -116,7 +118,7 @@ impl Ioapic {
                 id,
                 select: 0,
                 entries: [MASKED; PINS],
-                high: 0,
+                asserted: 0,
             }),
             sink,
         }
@@ -128,9 +130,9 @@ impl Ioapic {
         self.regs.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Drives input `pin` high or low. An edge-triggered pin interrupts on
-    /// the edge into its active level; a level-triggered one while it is
-    /// at its active level, once per EOI.
+    /// Asserts (`high`) or deasserts input `pin`. An edge-triggered pin
+    /// interrupts when it becomes asserted; a level-triggered one while it
+    /// is asserted, once per EOI.
     pub fn set_level(&self, pin: usize, high: bool) -> io::Result<()> {
         if pin >= PINS {
             return Err(io::Error::new(
@@ -141,9 +143,9 @@ impl Ioapic {
         let mut regs = self.regs();
         let was = regs.asserted(pin);
         if high {
-            regs.high |= 1 << pin;
+            regs.asserted |= 1 << pin;
         } else {
-            regs.high &= !(1 << pin);
+            regs.asserted &= !(1 << pin);
         }
         let now = regs.asserted(pin);
         if now && (level_triggered(regs.entries[pin]) || !was) {
@@ -209,10 +211,9 @@ impl Ioapic {
 }
 
 impl Regs {
-    /// Whether `pin` is at its active level (polarity applied).
+    /// Whether `pin`'s line is asserted.
     fn asserted(&self, pin: usize) -> bool {
-        let high = self.high & (1 << pin) != 0;
-        high != (self.entries[pin] & ACTIVE_LOW != 0)
+        self.asserted & (1 << pin) != 0
     }
 
     /// Sends `pin`'s interrupt unless it is masked or, level-triggered,
@@ -489,19 +490,18 @@ mod tests {
     }
 
     #[test]
-    fn active_low_pins_assert_when_low() {
+    fn polarity_does_not_invert_the_line() {
+        // An idle active-low line (the ACPI SCI) is not asserted: sources
+        // report the logical state, whatever the polarity bit says.
         let (io, sink) = ioapic();
         let low = ACTIVE_LOW as u32;
-        program(&io, 16, 0x70 | LEVEL | low, 0);
-        assert_eq!(sent(&sink).len(), 1, "a low line is asserted");
-        io.set_level(16, true).unwrap();
+        program(&io, 9, 0x70 | LEVEL | low, 0);
+        assert_eq!(sent(&sink), [], "an idle active-low pin interrupted");
+        io.set_level(9, true).unwrap();
+        assert_eq!(sent(&sink).len(), 1, "asserted: one interrupt");
+        io.set_level(9, false).unwrap();
         io.eoi(0x70).unwrap();
-        assert_eq!(sent(&sink), [], "high: deasserted");
-        program(&io, 17, 0x71 | EDGE | low, 0);
-        io.set_level(17, true).unwrap();
-        assert_eq!(sent(&sink), []);
-        io.set_level(17, false).unwrap();
-        assert_eq!(sent(&sink).len(), 1, "falling edge is the active one");
+        assert_eq!(sent(&sink), [], "deasserted before the EOI");
     }
 
     #[test]
