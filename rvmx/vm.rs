@@ -49,6 +49,9 @@ pub(crate) struct Vm {
     /// vCPU ids in use (bit per id).
     #[pin]
     vcpu_ids: Mutex<u32>,
+    /// Guest TSC = host TSC + this (wrapping): the guest's TSC starts at 0
+    /// when the VM is made, as on KVM, and is the same on every vCPU.
+    pub(crate) tsc_offset: u64,
     /// One per possible vCPU id, made with the VM and never replaced, so a
     /// sender (another vCPU, with interrupts off) finds its destinations
     /// without a lock.
@@ -86,6 +89,7 @@ impl Vm {
                 mem <- new_mutex!(memory),
                 vcpu_ids <- new_mutex!(0),
                 mailboxes,
+                tsc_offset: 0u64.wrapping_sub(crate::vmx::instr::rdtsc()),
             }),
             GFP_KERNEL_ACCOUNT,
         )

@@ -181,7 +181,10 @@ mod tests {
         assert!(find(0xd, 2).is_some() && find(0xd, 3).is_none());
         assert!(find(0x4000_0000, 0).is_some());
         assert_eq!(find(0, 0).map(|e| e.regs[0]), Some(0x16), "TSC leaves");
-        assert_eq!(find(0x15, 0).map(|e| e.regs), Some([1, 1, 2_000_000_000, 0]));
+        assert_eq!(
+            find(0x15, 0).map(|e| e.regs),
+            Some([1, 1, 2_000_000_000, 0])
+        );
         assert_eq!(find(0x16, 0).map(|e| e.regs[0]), Some(2000));
         assert_eq!(find(6, 0).map(|e| e.regs[0]), Some(LEAF6_EAX_ARAT));
         assert!(find(0x8000_0008, 0).is_some() && find(0x8000_0009, 0).is_none());

@@ -23,10 +23,8 @@ pub(crate) fn apply(vcpu: &Vcpu, g: &Guest, effect: Effect) -> bool {
             false
         }
         Effect::LevelEoi(vector) => {
-            vcpu.run.set_exit(
-                uapi::RVMX_EXIT_IOAPIC_EOI,
-                uapi::rvmx_exit_eoi { vector },
-            );
+            vcpu.run
+                .set_exit(uapi::RVMX_EXIT_IOAPIC_EOI, uapi::rvmx_exit_eoi { vector });
             true
         }
     }

@@ -169,7 +169,7 @@ pub(crate) fn emulate(vcpu: &Vcpu, g: &mut Guest, f: &Fault) -> Emulated {
 fn local_apic(vcpu: &Vcpu, g: &mut Guest, f: &Fault, insn: &MmioInsn, offset: u64) -> Emulated {
     let aligned = insn.size == 4 && offset & 0xf == 0;
     let offset = offset as u32;
-    let now = crate::vmx::instr::rdtsc();
+    let now = g.tsc();
     g.rip_advance = u64::from(insn.len);
     let value = match insn.op {
         Op::StoreReg(r) => reg_value(g, f, r),

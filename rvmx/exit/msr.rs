@@ -16,7 +16,6 @@ use crate::{
     },
     vmx::{
         current::CurrentVmcs,
-        instr,
         vmcs::{Field32, Field32Ro, Field64, FieldNat},
     },
 };
@@ -47,7 +46,7 @@ pub(crate) fn read(vmcs: &CurrentVmcs<'_>, g: &Guest, msr: u32) -> Option<u64> {
         SYSENTER_ESP => vmcs.read(FieldNat::GuestSysenterEsp),
         SYSENTER_EIP => vmcs.read(FieldNat::GuestSysenterEip),
         PAT => vmcs.read(Field64::GuestIa32Pat),
-        TSC => instr::rdtsc(),
+        TSC => g.tsc(),
         APIC_BASE => g.lapic.base(),
         TSC_DEADLINE => g.lapic.tsc_deadline(),
         MISC_ENABLE => MISC_ENABLE_FAST_STRING,
@@ -66,7 +65,13 @@ fn known(vmcs: &CurrentVmcs<'_>, g: &Guest, msr: u32) -> bool {
 /// Whether the write was accepted; `false` raises #GP. The values of the
 /// MSRs rvmx later loads with WRMSR are checked as the processor checks
 /// them, so the load cannot fault.
-pub(crate) fn write(vcpu: &Vcpu, vmcs: &CurrentVmcs<'_>, g: &mut Guest, msr: u32, value: u64) -> bool {
+pub(crate) fn write(
+    vcpu: &Vcpu,
+    vmcs: &CurrentVmcs<'_>,
+    g: &mut Guest,
+    msr: u32,
+    value: u64,
+) -> bool {
     if let Some(i) = SWITCHED_MSRS.iter().position(|&m| m == msr) {
         let ok = match msr {
             // Reserved upper halves.
@@ -178,7 +183,7 @@ pub(super) fn rdmsr(vcpu: &Vcpu, vmcs: &CurrentVmcs<'_>, g: &mut Guest) -> Actio
     let msr = g.regs.gpr[RCX] as u32;
     let value = if is_x2apic(msr) {
         // In xAPIC mode the x2APIC MSRs do not exist: #GP.
-        match g.lapic.read_msr(msr, instr::rdtsc()) {
+        match g.lapic.read_msr(msr, g.tsc()) {
             Ok(v) => v,
             Err(_) => return raise(g, Event::gp()),
         }
@@ -197,7 +202,8 @@ pub(super) fn wrmsr(vcpu: &Vcpu, vmcs: &CurrentVmcs<'_>, g: &mut Guest) -> Actio
     let r = &g.regs.gpr;
     let (msr, value) = (r[RCX] as u32, (r[RDX] << 32) | (r[RAX] & 0xffff_ffff));
     if is_x2apic(msr) {
-        let Ok(effect) = g.lapic.write_msr(msr, value, instr::rdtsc()) else {
+        let now = g.tsc();
+        let Ok(effect) = g.lapic.write_msr(msr, value, now) else {
             return raise(g, Event::gp());
         };
         skip_instruction(vmcs);

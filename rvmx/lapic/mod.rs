@@ -58,8 +58,14 @@ const LVT_COUNT: usize = 6;
 /// Writable bits of each LVT, in register order: timer (vector, mask,
 /// mode), thermal, performance (vector, delivery mode, mask), LINT0 and
 /// LINT1 (also polarity, trigger mode), error (vector, mask).
-const LVT_WRITABLE: [u32; LVT_COUNT] =
-    [0x0007_00ff, 0x0001_07ff, 0x0001_07ff, 0x0001_a7ff, 0x0001_a7ff, 0x0001_00ff];
+const LVT_WRITABLE: [u32; LVT_COUNT] = [
+    0x0007_00ff,
+    0x0001_07ff,
+    0x0001_07ff,
+    0x0001_a7ff,
+    0x0001_a7ff,
+    0x0001_00ff,
+];
 
 /// Vectors 0-15 are reserved: one in an IRR is an illegal vector (ESR).
 const ESR_RECEIVE_ILLEGAL_VECTOR: u32 = 1 << 6;
@@ -174,7 +180,10 @@ impl Lapic {
     /// only by disabling. Disabling resets the APIC's state.
     pub(crate) fn set_base(&mut self, value: u64) -> Result<(), Invalid> {
         let reserved = !(BASE_ADDR_MASK | BASE_ENABLE | BASE_EXTD | BASE_BSP);
-        let (old, new) = (self.base & (BASE_ENABLE | BASE_EXTD), value & (BASE_ENABLE | BASE_EXTD));
+        let (old, new) = (
+            self.base & (BASE_ENABLE | BASE_EXTD),
+            value & (BASE_ENABLE | BASE_EXTD),
+        );
         let allowed = match (old, new) {
             _ if value & reserved != 0 || new == BASE_EXTD => false,
             // x2APIC back to xAPIC without going through disabled.
@@ -586,7 +595,8 @@ mod tests {
     fn timer_fires_only_unmasked() {
         let mut a = enabled(0);
         a.write(reg::TIMER_DIVIDE, 0xb, 0).unwrap();
-        a.write(reg::LVT_TIMER, u64::from(LVT_MASKED) | 0xef, 0).unwrap();
+        a.write(reg::LVT_TIMER, u64::from(LVT_MASKED) | 0xef, 0)
+            .unwrap();
         a.write(reg::TIMER_INITIAL, 100, 0).unwrap();
         assert!(a.timer_expire(100));
         assert_eq!(a.deliverable(), None, "masked LVT never fires");

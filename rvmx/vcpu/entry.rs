@@ -16,7 +16,6 @@
 use crate::{
     arch::{rflags, vector},
     exit::{io, mmio, msr},
-    lapic::Lapic,
     uapi,
     vmx::{
         controls::{PROC_INTERRUPT_WINDOW_EXITING, PROC_NMI_WINDOW_EXITING},
@@ -190,9 +189,10 @@ pub(crate) fn halt_wakes(g: &Guest, interrupts_enabled: bool) -> bool {
 }
 
 /// Fires the local APIC timer if it expired.
-pub(super) fn run_timer(lapic: &mut Lapic) {
-    if lapic.timer_deadline().is_some_and(|d| instr::rdtsc() >= d) {
-        lapic.timer_expire(instr::rdtsc());
+pub(super) fn run_timer(g: &mut Guest) {
+    let now = g.tsc();
+    if g.lapic.timer_deadline().is_some_and(|d| now >= d) {
+        g.lapic.timer_expire(now);
     }
 }
 
@@ -238,16 +238,21 @@ pub(super) fn prepare(vcpu: &Vcpu, vmcs: &CurrentVmcs<'_>, g: &mut Guest, window
     if g.rip_advance != 0 {
         advance_rip(vmcs, core::mem::take(&mut g.rip_advance));
     }
-    run_timer(&mut g.lapic);
+    run_timer(g);
     vcpu.mailbox().publish_target(&g.lapic.target());
     inject(vcpu, vmcs, g);
 
     // The preemption timer counts down at TSC >> IA32_VMX_MISC[4:0]: the
-    // APIC timer's deadline or the window's end, whichever is first.
+    // APIC timer's deadline (in guest TSC) or the window's end (in host
+    // TSC), whichever is first.
     let rate = vcpu.vm.host.caps.misc & 0x1f;
     let now = instr::rdtsc();
-    let until = g.lapic.timer_deadline().map_or(window_end, |d| d.min(window_end));
-    let ticks = (until.saturating_sub(now) >> rate).min(u64::from(u32::MAX)) as u32;
+    let to_window_end = window_end.saturating_sub(now);
+    let left = g.lapic.timer_deadline().map_or(to_window_end, |d| {
+        d.saturating_sub(now.wrapping_add(g.tsc_offset))
+            .min(to_window_end)
+    });
+    let ticks = (left >> rate).min(u64::from(u32::MAX)) as u32;
     vmcs.write(Field32::PreemptionTimerValue, ticks);
     true
 }

@@ -9,8 +9,6 @@
 //! thread marks itself sleeping before it looks at the mailbox, so a wake-up
 //! between the look and the sleep is never lost.
 
-use crate::vmx::instr;
-
 use super::{entry, Guest, MpState, Vcpu};
 
 extern "C" {
@@ -28,11 +26,11 @@ pub(super) enum Woken {
     Interrupted,
 }
 
-/// Converts a TSC deadline to CLOCK_MONOTONIC nanoseconds.
-fn tsc_to_ktime(deadline: u64) -> u64 {
+/// Converts a guest TSC deadline to CLOCK_MONOTONIC nanoseconds.
+fn tsc_to_ktime(g: &Guest, deadline: u64) -> u64 {
     // SAFETY: `tsc_khz` is set during boot, before modules load.
     let khz = u64::from(unsafe { kernel::bindings::tsc_khz }).max(1);
-    let delta = deadline.saturating_sub(instr::rdtsc());
+    let delta = deadline.saturating_sub(g.tsc());
     // In two parts, without 128-bit division (not in the kernel's runtime).
     let ns = (delta / khz)
         .saturating_mul(1_000_000)
@@ -50,7 +48,7 @@ pub(super) fn wait(vcpu: &Vcpu, g: &mut Guest, interrupts_enabled: bool) -> Woke
         // `rvmx_cancel_sleep` or by the sleep itself.
         unsafe { rvmx_prepare_to_sleep() };
         entry::fold_posted(vcpu.mailbox(), g);
-        entry::run_timer(&mut g.lapic);
+        entry::run_timer(g);
         let runnable = match g.mp {
             MpState::Runnable => true,
             MpState::Halted if entry::halt_wakes(g, interrupts_enabled) => {
@@ -71,7 +69,7 @@ pub(super) fn wait(vcpu: &Vcpu, g: &mut Guest, interrupts_enabled: bool) -> Woke
         }
         // A masked or stopped timer does not wake: sleep without deadline.
         let deadline = if g.mp == MpState::Halted {
-            g.lapic.timer_deadline().map_or(0, tsc_to_ktime)
+            g.lapic.timer_deadline().map_or(0, |d| tsc_to_ktime(g, d))
         } else {
             0
         };

@@ -13,19 +13,11 @@ use crate::vmx::{
 use super::regs::rvmx_vmexit;
 use crate::arch::msr::*;
 
-
 /// The MSRs the guest has its own values of and that neither VM entry nor
 /// VM exit switches: rvmx loads the guest's after saving the host's, and
 /// restores the host's before interrupts come back. None is used by the
 /// host while interrupts are off (SYSCALL targets, SWAPGS base, RDTSCP).
-pub(crate) const SWITCHED_MSRS: [u32; 6] = [
-    STAR,
-    LSTAR,
-    CSTAR,
-    SFMASK,
-    KERNEL_GS_BASE,
-    TSC_AUX,
-];
+pub(crate) const SWITCHED_MSRS: [u32; 6] = [STAR, LSTAR, CSTAR, SFMASK, KERNEL_GS_BASE, TSC_AUX];
 
 /// Host state saved before entering and restored after the last exit of a
 /// window.

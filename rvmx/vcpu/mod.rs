@@ -145,10 +145,17 @@ pub(crate) struct Guest {
     pub(crate) sipi: Option<u8>,
     /// The processor-based controls as the VMCS has them (window exits).
     pub(crate) proc: u32,
+    /// Guest TSC = host TSC + this (wrapping): the VM's, so its vCPUs agree.
+    pub(crate) tsc_offset: u64,
     pub(crate) mtrr_def_type: u64,
 }
 
 impl Guest {
+    /// The guest's TSC now.
+    pub(crate) fn tsc(&self) -> u64 {
+        instr::rdtsc().wrapping_add(self.tsc_offset)
+    }
+
     /// Raises exception `e` at the next entry (instead of moving RIP on).
     pub(crate) fn raise(&mut self, e: Event) {
         self.exception = Some(e);
@@ -245,6 +252,7 @@ impl Vcpu {
             reset_pending: false,
             sipi: None,
             proc: vm.controls.proc,
+            tsc_offset: vm.tsc_offset,
             mtrr_def_type: 0,
         };
         let state = State {

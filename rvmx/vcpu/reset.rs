@@ -40,6 +40,7 @@ pub(crate) fn program(vcpu: &Vcpu, vmcs: &CurrentVmcs<'_>) {
     vmcs.write(Field32::EntryInterruptionInfo, 0);
     vmcs.write(Field64::VmcsLinkPointer, u64::MAX);
     vmcs.write(Field64::EptPointer, vcpu.vm.eptp);
+    vmcs.write(Field64::TscOffset, vcpu.vm.tsc_offset);
     if c.uses_vpid() {
         vmcs.write(Field16::Vpid, vcpu.vpid);
     }

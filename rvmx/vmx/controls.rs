@@ -18,6 +18,7 @@ pub(crate) const PIN_VIRTUAL_NMIS: u32 = 1 << 5;
 pub(crate) const PIN_PREEMPTION_TIMER: u32 = 1 << 6;
 
 pub(crate) const PROC_INTERRUPT_WINDOW_EXITING: u32 = 1 << 2;
+pub(crate) const PROC_USE_TSC_OFFSETTING: u32 = 1 << 3;
 
 pub(crate) const PROC_HLT_EXITING: u32 = 1 << 7;
 pub(crate) const PROC_MWAIT_EXITING: u32 = 1 << 10;
@@ -118,6 +119,7 @@ impl Controls {
                 // CR8 is the guest's TPR, which must never reach the
                 // host's.
                 PROC_HLT_EXITING
+                    | PROC_USE_TSC_OFFSETTING
                     | PROC_CR8_LOAD_EXITING
                     | PROC_CR8_STORE_EXITING
                     | PROC_UNCONDITIONAL_IO_EXITING

@@ -63,6 +63,7 @@ fields!(
 fields!(
     /// 64-bit control and state fields.
     Field64: u64, rw {
+        TscOffset = 0x2010,
         EptPointer = 0x201a,
         VmcsLinkPointer = 0x2800,
         GuestIa32Debugctl = 0x2802,

@@ -204,7 +204,10 @@ fn real_mode_out(_: &Ctx) -> TestResult {
     ensure!(io_data(&mut t, 4)? == [0x34, 0x12, 0, 0], "32-bit OUT data");
     t.run_to_done()?;
     let rip = t.vcpu.regs().ctx("GET_REGS")?.rip;
-    ensure!(rip == CODE + code.len() as u64, "RIP after the last OUT {rip:#x}");
+    ensure!(
+        rip == CODE + code.len() as u64,
+        "RIP after the last OUT {rip:#x}"
+    );
     Ok(())
 }
 
@@ -444,7 +447,9 @@ fn readonly_slot_write_is_mmio(_: &Ctx) -> TestResult {
     const ROM: u64 = 0x40_0000;
     // mov rax, [rbx]; inc rax; mov [rbx], rax; done
     let mut code = mov_rbx(ROM);
-    code.extend_from_slice(&[0x48, 0x8b, 0x03, 0x48, 0xff, 0xc0, 0x48, 0x89, 0x03, 0xe6, 0xf4]);
+    code.extend_from_slice(&[
+        0x48, 0x8b, 0x03, 0x48, 0xff, 0xc0, 0x48, 0x89, 0x03, 0xe6, 0xf4,
+    ]);
     let mut t = TestVm::long_mode(0x20_0000, &code)?;
     let mut rom = GuestMem::new(0x1000).ctx("mmap")?;
     rom.write_u64(0, 0x1234);

@@ -40,7 +40,6 @@ const ID_SHIFT: u32 = 24;
 const VECTOR: u64 = 0xff;
 const DELIVERY_MODE_SHIFT: u32 = 8;
 const DEST_LOGICAL: u64 = 1 << 11;
-const ACTIVE_LOW: u64 = 1 << 13;
 /// Read-only: a level-triggered interrupt was accepted and not yet EOI'd.
 const REMOTE_IRR: u64 = 1 << 14;
 const LEVEL_TRIGGERED: u64 = 1 << 15;
@@ -494,7 +493,8 @@ mod tests {
         // An idle active-low line (the ACPI SCI) is not asserted: sources
         // report the logical state, whatever the polarity bit says.
         let (io, sink) = ioapic();
-        let low = ACTIVE_LOW as u32;
+        // Bit 13: polarity, active low.
+        let low = 1 << 13;
         program(&io, 9, 0x70 | LEVEL | low, 0);
         assert_eq!(sent(&sink), [], "an idle active-low pin interrupted");
         io.set_level(9, true).unwrap();
