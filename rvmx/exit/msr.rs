@@ -16,6 +16,7 @@ use crate::{
     },
     vmx::{
         current::CurrentVmcs,
+        instr,
         vmcs::{Field32, Field32Ro, Field64, FieldNat},
     },
 };
@@ -216,10 +217,16 @@ pub(super) fn wrmsr(vcpu: &Vcpu, vmcs: &CurrentVmcs<'_>, g: &mut Guest) -> Actio
     if !known(vmcs, g, msr) {
         return unknown(vcpu, vmcs, g, msr, Some(value));
     }
-    if write(vcpu, vmcs, g, msr, value) {
-        skip_instruction(vmcs);
-        Action::Resume
-    } else {
-        raise(g, Event::gp())
+    if !write(vcpu, vmcs, g, msr, value) {
+        return raise(g, Event::gp());
     }
+    if SWITCHED_MSRS.contains(&msr) {
+        // The window runs with the guest's values of these loaded: the
+        // new one takes effect now (and is what the window's end saves).
+        // SAFETY: in the run loop's window, whose end restores the host's
+        // values; `write` checked the value as the processor would.
+        unsafe { instr::wrmsr(msr, value) };
+    }
+    skip_instruction(vmcs);
+    Action::Resume
 }
