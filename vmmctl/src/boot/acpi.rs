@@ -12,6 +12,7 @@ use anyhow::{Context, Result};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use crate::boot::layout::{ACPI_TABLES, IOAPIC, LAPIC};
+use crate::devices::rtc;
 
 /// PM1a event block (status, then enable; 2 bytes each) and PM1a control
 /// block: the I/O ports QEMU's PIIX4 uses.
@@ -30,9 +31,11 @@ const DSDT_AT: u64 = ACPI_TABLES + 0x300;
 const MADT_AT: u64 = ACPI_TABLES + 0x400;
 
 const FADT_LEN: usize = 276;
-/// IAPC_BOOT_ARCH: no CMOS RTC (nothing answers ports 0x70/0x71); the
-/// 8042 flag is left clear so Linux does not probe a keyboard controller
-/// that only knows the reset command.
+/// IAPC_BOOT_ARCH: "no CMOS RTC", though vmmctl has one (devices::rtc):
+/// Linux still reads the time from it at boot, but does not bind rtc-cmos,
+/// which would offer alarms on an RTC that raises no interrupts. The 8042
+/// flag is left clear so Linux does not probe a keyboard controller that
+/// only knows the reset command.
 const BOOT_ARCH_NO_CMOS_RTC: u16 = 1 << 5;
 /// FADT flags: power and sleep buttons are not fixed hardware.
 const FLAG_PWR_BUTTON: u32 = 1 << 4;
@@ -80,6 +83,8 @@ fn fadt() -> Vec<u8> {
                   // C2/C3 latencies above the limits mean "not supported".
     put(&mut b, o(96), 101u16.to_le_bytes());
     put(&mut b, o(98), 1001u16.to_le_bytes());
+    // Linux reads the century only from where the FADT says it is.
+    b[o(108)] = rtc::CENTURY;
     put(&mut b, o(109), BOOT_ARCH_NO_CMOS_RTC.to_le_bytes());
     put(
         &mut b,
@@ -187,6 +192,7 @@ mod tests {
         assert_eq!(u64_at(fadt, 140), DSDT_AT);
         assert_eq!(u32_at(fadt, 64), u32::from(PM1_CONTROL_PORT));
         assert_eq!(u32_at(fadt, 48), 0, "SMI_CMD 0: always in ACPI mode");
+        assert_eq!(fadt[108], 0x32, "CENTURY: the CMOS century byte");
         // Tables must not overlap.
         let mut spans: Vec<_> = t.iter().map(|(a, b)| (*a, *a + b.len() as u64)).collect();
         spans.sort();

@@ -2,6 +2,7 @@
 //! The local APICs live in the hypervisor, and with KVM also the PIC, I/O
 //! APIC and PIT; with rvmx the I/O APIC is vmmctl's (`ioapic`), and there
 //! is no PIC: its ports read as all-ones like any port nobody answers.
+//! Neither hypervisor has the CMOS clock, so it is vmmctl's (`rtc`) on both.
 
 mod acpi_pm;
 pub mod debug_exit;
@@ -9,6 +10,7 @@ pub mod i8042;
 pub mod ioapic;
 pub mod irq;
 mod panic_watch;
+pub mod rtc;
 pub mod serial;
 
 use std::io;
@@ -18,6 +20,7 @@ use crate::control::{Control, Outcome};
 use acpi_pm::AcpiPm;
 use i8042::{ResetTrigger, I8042};
 use ioapic::Ioapic;
+use rtc::{Rtc, SystemClock};
 use serial::Serial;
 
 /// The POST-code port: Linux writes to it as an I/O delay; nothing answers.
@@ -27,6 +30,7 @@ pub struct Devices {
     serial: Mutex<Serial>,
     i8042: Mutex<I8042>,
     pm: Mutex<AcpiPm>,
+    rtc: Mutex<Rtc>,
     /// vmmctl's I/O APIC, where the hypervisor has none.
     ioapic: Option<Arc<Ioapic>>,
     control: Arc<Control>,
@@ -44,6 +48,7 @@ impl Devices {
             serial: Mutex::new(serial),
             i8042: Mutex::new(I8042::new(ResetTrigger(control.clone()))),
             pm: Mutex::new(AcpiPm::default()),
+            rtc: Mutex::new(Rtc::new(SystemClock)),
             ioapic,
             control,
         }
@@ -90,6 +95,9 @@ impl Devices {
             i8042::DATA_PORT | i8042::COMMAND_PORT => {
                 lock(&self.i8042).read((port - i8042::DATA_PORT) as u8)
             }
+            rtc::INDEX_PORT | rtc::DATA_PORT => {
+                lock(&self.rtc).read((port - rtc::INDEX_PORT) as u8)
+            }
             p if acpi_pm::claims(p) => {
                 lock(&self.pm).read(port, data);
                 return true;
@@ -114,6 +122,9 @@ impl Devices {
             }
             i8042::DATA_PORT | i8042::COMMAND_PORT => {
                 let Ok(()) = lock(&self.i8042).write((port - i8042::DATA_PORT) as u8, value);
+            }
+            rtc::INDEX_PORT | rtc::DATA_PORT => {
+                lock(&self.rtc).write((port - rtc::INDEX_PORT) as u8, value)
             }
             debug_exit::PORT => self.control.finish(debug_exit::write(data)),
             POST_PORT => {}
@@ -222,6 +233,22 @@ pub(crate) mod tests {
         let (d, control, _, _) = devices();
         assert!(d.pio_out(0x604, &0x3400u16.to_le_bytes()));
         assert_eq!(control.outcome(), Some(Outcome::PowerOff));
+    }
+
+    #[test]
+    fn cmos_clock_answers_its_two_ports() {
+        let (d, _, _, _) = devices();
+        let mut v = [0xffu8];
+        assert!(d.pio_out(0x70, &[0x8d])); // NMI masked, register D
+        assert!(d.pio_in(0x71, &mut v));
+        assert_eq!(v[0], 0x80, "VRT");
+        d.pio_out(0x70, &[0x0a]);
+        d.pio_in(0x71, &mut v);
+        assert_eq!(v[0] & 0x80, 0, "no update in progress");
+        d.pio_out(0x70, &[0x40]);
+        assert!(d.pio_out(0x71, &[0x5a]));
+        d.pio_in(0x71, &mut v);
+        assert_eq!(v[0], 0x5a, "CMOS RAM");
     }
 
     #[test]
