@@ -3,7 +3,7 @@
 #   make setup   install what the lab needs (Debian 12, as root; idempotent)
 #   make         build rvmx.ko and the userspace binaries into build/
 #   make check   host unit tests + the selftests inside the lab VM
-#   make demo    boot the lab, load rvmx, print its capability report
+#   make demo    boot the lab, load rvmx, boot Linux on it with 2 vCPUs and use its shell
 #   make bench   rvmx vs KVM exit costs; guest boot time and vmmctl memory per backend
 #
 # KDIR=<tree> builds rvmx.ko against another Rust-enabled 7.x kernel tree
@@ -45,7 +45,8 @@ check: all
 	@scripts/check
 
 demo: all
-	@scripts/lab run --cpus 2 -- 'modprobe rvmx && dmesg | grep rvmx: && vmmctl info'
+	@scripts/lab run --cpus 2 --add build/guest/initramfs.cpio.gz:/guest/test-initramfs.cpio.gz \
+		--add scripts/lab.d/demo:/usr/bin/rvmx-demo -- rvmx-demo
 
 # Exit costs: one Bochs CPU, as the reference figures in docs/design.md;
 # rvmx and kvm_intel cannot both hold VMX, so they take turns. Then vmmctl's
