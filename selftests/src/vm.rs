@@ -99,7 +99,7 @@ pub const TESTS: &[Test] = &[
     },
 ];
 
-fn expect_err<T>(r: std::io::Result<T>, want: i32, what: &str) -> TestResult {
+pub(crate) fn expect_err<T>(r: std::io::Result<T>, want: i32, what: &str) -> TestResult {
     match r {
         Err(e) if e.raw_os_error() == Some(want) => Ok(()),
         Err(e) => Err(Outcome::Fail(format!(
@@ -204,7 +204,10 @@ fn real_mode_out(_: &Ctx) -> TestResult {
     ensure!(io_data(&mut t, 4)? == [0x34, 0x12, 0, 0], "32-bit OUT data");
     t.run_to_done()?;
     let rip = t.vcpu.regs().ctx("GET_REGS")?.rip;
-    ensure!(rip == CODE + code.len() as u64, "RIP after the last OUT {rip:#x}");
+    ensure!(
+        rip == CODE + code.len() as u64,
+        "RIP after the last OUT {rip:#x}"
+    );
     Ok(())
 }
 
@@ -444,7 +447,9 @@ fn readonly_slot_write_is_mmio(_: &Ctx) -> TestResult {
     const ROM: u64 = 0x40_0000;
     // mov rax, [rbx]; inc rax; mov [rbx], rax; done
     let mut code = mov_rbx(ROM);
-    code.extend_from_slice(&[0x48, 0x8b, 0x03, 0x48, 0xff, 0xc0, 0x48, 0x89, 0x03, 0xe6, 0xf4]);
+    code.extend_from_slice(&[
+        0x48, 0x8b, 0x03, 0x48, 0xff, 0xc0, 0x48, 0x89, 0x03, 0xe6, 0xf4,
+    ]);
     let mut t = TestVm::long_mode(0x20_0000, &code)?;
     let mut rom = GuestMem::new(0x1000).ctx("mmap")?;
     rom.write_u64(0, 0x1234);
@@ -473,7 +478,7 @@ extern "C" fn ignore_signal(_: libc::c_int) {}
 
 /// Installs a handler for SIGUSR1 (without SA_RESTART) so it interrupts
 /// RVMX_RUN instead of killing the process.
-fn catch_sigusr1() {
+pub(crate) fn catch_sigusr1() {
     // SAFETY: a plain handler that does nothing; sigaction copies the struct.
     unsafe {
         let mut sa: libc::sigaction = std::mem::zeroed();
@@ -483,7 +488,7 @@ fn catch_sigusr1() {
 }
 
 /// Sends SIGUSR1 to `thread` after `ms` milliseconds, from another thread.
-fn signal_later(thread: libc::pthread_t, ms: u64) -> std::thread::JoinHandle<()> {
+pub(crate) fn signal_later(thread: libc::pthread_t, ms: u64) -> std::thread::JoinHandle<()> {
     let thread = thread as usize;
     std::thread::spawn(move || {
         std::thread::sleep(std::time::Duration::from_millis(ms));
@@ -566,7 +571,7 @@ fn fpu_state_is_isolated(_: &Ctx) -> TestResult {
     Ok(())
 }
 
-fn set_cpu(cpu: usize) -> std::io::Result<()> {
+pub(crate) fn set_cpu(cpu: usize) -> std::io::Result<()> {
     // SAFETY: a zeroed cpu_set_t is valid; CPU_SET writes within it.
     unsafe {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
@@ -1081,7 +1086,7 @@ fn fds_from_another_process_are_eio(_: &Ctx) -> TestResult {
 }
 
 /// `RVMX_RUN` ended with EINTR and `RVMX_EXIT_INTR` in the run area.
-fn expect_eintr(t: &mut TestVm, result: std::io::Result<()>, what: &str) -> TestResult {
+pub(crate) fn expect_eintr(t: &mut TestVm, result: std::io::Result<()>, what: &str) -> TestResult {
     match result {
         Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
         other => return Err(Outcome::Fail(format!("{what}: {other:?}, want EINTR"))),
