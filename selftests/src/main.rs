@@ -10,6 +10,7 @@
 mod device;
 mod guest;
 mod ioctl;
+mod irq;
 mod kmod;
 mod ktap;
 mod module;
@@ -51,6 +52,7 @@ fn main() -> ExitCode {
     let tests: Vec<ktap::Test> = device::TESTS
         .iter()
         .chain(vm::TESTS)
+        .chain(irq::TESTS)
         .chain(module::TESTS)
         .filter(|t| filter.as_deref().is_none_or(|f| t.name.contains(f)))
         .map(|t| ktap::Test {

@@ -99,7 +99,7 @@ pub const TESTS: &[Test] = &[
     },
 ];
 
-fn expect_err<T>(r: std::io::Result<T>, want: i32, what: &str) -> TestResult {
+pub(crate) fn expect_err<T>(r: std::io::Result<T>, want: i32, what: &str) -> TestResult {
     match r {
         Err(e) if e.raw_os_error() == Some(want) => Ok(()),
         Err(e) => Err(Outcome::Fail(format!(
@@ -478,7 +478,7 @@ extern "C" fn ignore_signal(_: libc::c_int) {}
 
 /// Installs a handler for SIGUSR1 (without SA_RESTART) so it interrupts
 /// RVMX_RUN instead of killing the process.
-fn catch_sigusr1() {
+pub(crate) fn catch_sigusr1() {
     // SAFETY: a plain handler that does nothing; sigaction copies the struct.
     unsafe {
         let mut sa: libc::sigaction = std::mem::zeroed();
@@ -488,7 +488,7 @@ fn catch_sigusr1() {
 }
 
 /// Sends SIGUSR1 to `thread` after `ms` milliseconds, from another thread.
-fn signal_later(thread: libc::pthread_t, ms: u64) -> std::thread::JoinHandle<()> {
+pub(crate) fn signal_later(thread: libc::pthread_t, ms: u64) -> std::thread::JoinHandle<()> {
     let thread = thread as usize;
     std::thread::spawn(move || {
         std::thread::sleep(std::time::Duration::from_millis(ms));
@@ -571,7 +571,7 @@ fn fpu_state_is_isolated(_: &Ctx) -> TestResult {
     Ok(())
 }
 
-fn set_cpu(cpu: usize) -> std::io::Result<()> {
+pub(crate) fn set_cpu(cpu: usize) -> std::io::Result<()> {
     // SAFETY: a zeroed cpu_set_t is valid; CPU_SET writes within it.
     unsafe {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
@@ -1086,7 +1086,7 @@ fn fds_from_another_process_are_eio(_: &Ctx) -> TestResult {
 }
 
 /// `RVMX_RUN` ended with EINTR and `RVMX_EXIT_INTR` in the run area.
-fn expect_eintr(t: &mut TestVm, result: std::io::Result<()>, what: &str) -> TestResult {
+pub(crate) fn expect_eintr(t: &mut TestVm, result: std::io::Result<()>, what: &str) -> TestResult {
     match result {
         Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
         other => return Err(Outcome::Fail(format!("{what}: {other:?}, want EINTR"))),
