@@ -162,8 +162,15 @@ impl Vm {
                 continue;
             }
             let is_self = from == Some(id);
+            let target = mb.target(id);
+            let fixed = matches!(m.mode, DeliveryMode::Fixed | DeliveryMode::LowestPriority);
+            // A disabled local APIC drops fixed interrupts: it must not
+            // count as accepting one, nor win lowest-priority arbitration.
+            if fixed && !target.enabled {
+                continue;
+            }
             let selected = match m.shorthand {
-                Shorthand::None => mb.target(id).matches(m),
+                Shorthand::None => target.matches(m),
                 Shorthand::SelfOnly => is_self,
                 Shorthand::AllIncludingSelf => true,
                 Shorthand::AllExcludingSelf => !is_self,

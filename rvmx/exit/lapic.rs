@@ -6,26 +6,22 @@
 
 use crate::{
     lapic::Effect,
-    uapi,
-    vcpu::{Guest, Vcpu},
+    vcpu::{Guest, UserExit, Vcpu},
 };
 
-/// Carries out `effect`; true if it left an exit for user space.
-pub(crate) fn apply(vcpu: &Vcpu, g: &Guest, effect: Effect) -> bool {
+/// Carries out `effect`. An exit it needs (the EOI of a level-triggered
+/// interrupt) is reported by the next pre-entry step, once RIP is past the
+/// instruction: a VMM that saves the vCPU there sees it complete.
+pub(crate) fn apply(vcpu: &Vcpu, g: &mut Guest, effect: Effect) {
     // ID, LDR, DFR and the mode are what other senders match against.
     vcpu.mailbox().publish_target(&g.lapic.target());
     match effect {
-        Effect::None => false,
+        Effect::None => {}
         // Even a message for this vCPU goes through its mailbox: the next
         // entry takes it like any other.
         Effect::Send(m) => {
             vcpu.vm.deliver(Some(vcpu.id), &m);
-            false
         }
-        Effect::LevelEoi(vector) => {
-            vcpu.run
-                .set_exit(uapi::RVMX_EXIT_IOAPIC_EOI, uapi::rvmx_exit_eoi { vector });
-            true
-        }
+        Effect::LevelEoi(vector) => g.user_exit = Some(UserExit::IoapicEoi(vector)),
     }
 }

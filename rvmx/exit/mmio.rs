@@ -187,9 +187,7 @@ fn local_apic(vcpu: &Vcpu, g: &mut Guest, f: &Fault, insn: &MmioInsn, offset: u6
     if aligned {
         // xAPIC writes to read-only registers are ignored, never faults.
         if let Ok(effect) = g.lapic.write(offset, value & 0xffff_ffff, now) {
-            if lapic::apply(vcpu, g, effect) {
-                return Emulated::ToUser;
-            }
+            lapic::apply(vcpu, g, effect);
         }
     }
     Emulated::Retry

@@ -208,11 +208,8 @@ pub(super) fn wrmsr(vcpu: &Vcpu, vmcs: &CurrentVmcs<'_>, g: &mut Guest) -> Actio
             return raise(g, Event::gp());
         };
         skip_instruction(vmcs);
-        return if lapic::apply(vcpu, g, effect) {
-            Action::User
-        } else {
-            Action::Resume
-        };
+        lapic::apply(vcpu, g, effect);
+        return Action::Resume;
     }
     if !known(vmcs, g, msr) {
         return unknown(vcpu, vmcs, g, msr, Some(value));

@@ -122,6 +122,9 @@ pub(crate) struct Target {
     /// Flat (true) or cluster (false) logical model, xAPIC only.
     pub(crate) flat: bool,
     pub(crate) x2apic: bool,
+    /// Hardware- and software-enabled: a disabled APIC takes no fixed or
+    /// lowest-priority interrupts (but INIT, SIPI and NMI).
+    pub(crate) enabled: bool,
 }
 
 impl Target {
@@ -227,6 +230,7 @@ mod tests {
             ldr: 0x02 << 24,
             flat: true,
             x2apic: false,
+            enabled: true,
         };
         assert!(flat.matches(&fixed(0x03, true, false)));
         assert!(!flat.matches(&fixed(0x01, true, false)));
@@ -235,6 +239,7 @@ mod tests {
             ldr: 0x12 << 24,
             flat: false,
             x2apic: false,
+            enabled: true,
         };
         assert!(cluster.matches(&fixed(0x13, true, false)));
         assert!(!cluster.matches(&fixed(0x23, true, false)));
@@ -244,6 +249,7 @@ mod tests {
             ldr: (1 << 16) | (1 << 1),
             flat: false,
             x2apic: true,
+            enabled: true,
         };
         assert!(x2.matches(&fixed((1 << 16) | 0x2, true, true)));
         assert!(!x2.matches(&fixed(0x2, true, true)));

@@ -215,6 +215,7 @@ impl Lapic {
             ldr: self.ldr,
             flat: self.dfr >> 28 == 0xf,
             x2apic: self.x2apic(),
+            enabled: self.enabled(),
         }
     }
 
@@ -493,7 +494,9 @@ mod tests {
         let mut a = Lapic::new(0);
         a.accept(0x40, false);
         assert_eq!(a.deliverable(), None);
+        assert!(!a.target().enabled, "senders must see it disabled");
         let mut a = enabled(0);
+        assert!(a.target().enabled);
         a.accept(0x40, false);
         assert_eq!(a.deliverable(), Some(0x40));
     }

@@ -25,7 +25,7 @@ use crate::{
     },
 };
 
-use super::{mailbox::Mailbox, regs::RAX, reset, Guest, MpState, Pending, Vcpu};
+use super::{mailbox::Mailbox, regs::RAX, reset, Guest, MpState, Pending, UserExit, Vcpu};
 
 const INTR_TYPE_EXTERNAL: u32 = 0;
 const INTR_TYPE_NMI: u32 = 2;
@@ -220,9 +220,23 @@ fn set_window(vmcs: &CurrentVmcs<'_>, g: &mut Guest, bit: u32, on: bool) {
     }
 }
 
-/// The pre-entry step, before every VM entry. Returns false when the vCPU
-/// cannot run (INIT put it in wait-for-SIPI): the window must end.
-pub(super) fn prepare(vcpu: &Vcpu, vmcs: &CurrentVmcs<'_>, g: &mut Guest, window_end: u64) -> bool {
+/// What the pre-entry step found.
+pub(super) enum Prepared {
+    /// Enter the guest.
+    Enter,
+    /// The vCPU cannot run (INIT put it in wait-for-SIPI): end the window.
+    NotRunnable,
+    /// The run area holds an exit for user space.
+    ToUser,
+}
+
+/// The pre-entry step, before every VM entry.
+pub(super) fn prepare(
+    vcpu: &Vcpu,
+    vmcs: &CurrentVmcs<'_>,
+    g: &mut Guest,
+    window_end: u64,
+) -> Prepared {
     fold_posted(vcpu.mailbox(), g);
     if g.reset_pending {
         g.reset_pending = false;
@@ -230,13 +244,19 @@ pub(super) fn prepare(vcpu: &Vcpu, vmcs: &CurrentVmcs<'_>, g: &mut Guest, window
         g.proc = vcpu.vm.controls.proc;
     }
     if g.mp != MpState::Runnable {
-        return false;
+        return Prepared::NotRunnable;
     }
     if let Some(v) = g.sipi.take() {
         start_at(vmcs, v);
     }
     if g.rip_advance != 0 {
         advance_rip(vmcs, core::mem::take(&mut g.rip_advance));
+    }
+    // Reported now, with the instruction that caused it complete.
+    if let Some(UserExit::IoapicEoi(vector)) = g.user_exit.take() {
+        vcpu.run
+            .set_exit(uapi::RVMX_EXIT_IOAPIC_EOI, uapi::rvmx_exit_eoi { vector });
+        return Prepared::ToUser;
     }
     run_timer(g);
     vcpu.mailbox().publish_target(&g.lapic.target());
@@ -254,7 +274,7 @@ pub(super) fn prepare(vcpu: &Vcpu, vmcs: &CurrentVmcs<'_>, g: &mut Guest, window
     });
     let ticks = (left >> rate).min(u64::from(u32::MAX)) as u32;
     vmcs.write(Field32::PreemptionTimerValue, ticks);
-    true
+    Prepared::Enter
 }
 
 /// Chooses the event of the next entry, and the window exits for the ones

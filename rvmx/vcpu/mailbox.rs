@@ -48,7 +48,7 @@ pub(crate) struct Mailbox {
     /// The vCPU exists (its fd was created and not yet released).
     present: Atomic<bool>,
     /// The local APIC's destination state: LDR (31:0), flat model (32),
-    /// x2APIC mode (33). The id is the vCPU id.
+    /// x2APIC mode (33), enabled (34). The id is the vCPU id.
     target: Atomic<u64>,
     /// The thread in `RVMX_RUN` on this vCPU, to wake and kick. The lock is
     /// taken by senders, in any context but hard-IRQ, for as long as a wake
@@ -93,7 +93,10 @@ impl Mailbox {
 
     /// The owner publishes its local APIC's destination state.
     pub(crate) fn publish_target(&self, t: &Target) {
-        let packed = u64::from(t.ldr) | (u64::from(t.flat) << 32) | (u64::from(t.x2apic) << 33);
+        let packed = u64::from(t.ldr)
+            | (u64::from(t.flat) << 32)
+            | (u64::from(t.x2apic) << 33)
+            | (u64::from(t.enabled) << 34);
         self.target.store(packed, Release);
     }
 
@@ -105,6 +108,7 @@ impl Mailbox {
             ldr: packed as u32,
             flat: packed & (1 << 32) != 0,
             x2apic: packed & (1 << 33) != 0,
+            enabled: packed & (1 << 34) != 0,
         }
     }
 

@@ -115,6 +115,14 @@ pub(crate) enum MpState {
     WaitForSipi,
 }
 
+/// An exit for user space that the pre-entry step reports once the
+/// instruction that caused it is complete.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum UserExit {
+    /// `RVMX_EXIT_IOAPIC_EOI` of this vector.
+    IoapicEoi(u8),
+}
+
 /// Everything about the guest that is not in the VMCS.
 pub(crate) struct Guest {
     pub(crate) regs: GuestRegs,
@@ -131,6 +139,8 @@ pub(crate) struct Guest {
     pub(crate) halted_with_if: bool,
     /// The exit user space handles, to finish at the next `RVMX_RUN`.
     pub(crate) pending: Pending,
+    /// An exit for user space the next pre-entry step reports.
+    pub(crate) user_exit: Option<UserExit>,
     /// Bytes RIP moves on at the next entry, past an emulated instruction.
     pub(crate) rip_advance: u64,
     /// An exception an exit handler raised, for the next entry.
@@ -168,6 +178,7 @@ impl Guest {
         self.mp = MpState::WaitForSipi;
         self.reset_pending = true;
         self.pending = Pending::None;
+        self.user_exit = None;
         self.rip_advance = 0;
         self.exception = None;
         self.reinject = None;
@@ -245,6 +256,7 @@ impl Vcpu {
             },
             halted_with_if: false,
             pending: Pending::None,
+            user_exit: None,
             rip_advance: 0,
             exception: None,
             reinject: None,
@@ -392,8 +404,10 @@ impl Vcpu {
         let mut launched = 0;
         let mut nmi = false;
         let left = loop {
-            if !entry::prepare(self, &vmcs, guest, window_end) {
-                break Left::Again;
+            match entry::prepare(self, &vmcs, guest, window_end) {
+                entry::Prepared::Enter => {}
+                entry::Prepared::NotRunnable => break Left::Again,
+                entry::Prepared::ToUser => break Left::ToUser,
             }
             // SAFETY: the VMCS is current and complete (`reset::program`,
             // host state above), interrupts are off, and `regs` is the
