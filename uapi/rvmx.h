@@ -13,7 +13,7 @@
 #include <linux/ioctl.h>
 
 /* Bumped on every incompatible change; RVMX_GET_API_VERSION returns it. */
-#define RVMX_API_VERSION 1
+#define RVMX_API_VERSION 2
 
 /* rvmx's own ioctl magic (KVM uses 0xAE). */
 #define RVMXIO 0xAF
@@ -184,11 +184,15 @@ struct rvmx_msrs {
 #define RVMX_EXIT_IO_IN		0
 #define RVMX_EXIT_IO_OUT	1
 
-/* struct rvmx_run.internal.suberror */
+/* struct rvmx_run.internal.suberror: KVM's KVM_INTERNAL_ERROR_* numbers */
+/* An instruction rvmx could not emulate; data[0] is the guest RIP. */
+#define RVMX_INTERNAL_ERROR_EMULATION		1
+/* An exit during the delivery of an event that rvmx cannot finish (an
+ * interrupt or exception whose delivery touched MMIO); data[0] is the
+ * IDT-vectoring information. */
+#define RVMX_INTERNAL_ERROR_DELIVERY_EV		3
 /* An exit reason rvmx does not handle; data[0] is the VMX basic exit reason. */
-#define RVMX_INTERNAL_ERROR_UNHANDLED_EXIT	1
-/* An MMIO access rvmx could not decode; data[0] is the guest RIP. */
-#define RVMX_INTERNAL_ERROR_EMULATION		2
+#define RVMX_INTERNAL_ERROR_UNHANDLED_EXIT	4
 
 /* Bytes of the run area's data section (PIO data), at RVMX_RUN_DATA_OFFSET. */
 #define RVMX_RUN_DATA_OFFSET	2048
@@ -218,11 +222,17 @@ struct rvmx_exit_mmio {
 	__u8 is_write;
 };
 
+/* struct rvmx_exit_hypercall.flags */
+/* The guest was in 64-bit mode (as KVM_EXIT_HYPERCALL_LONG_MODE). */
+#define RVMX_EXIT_HYPERCALL_LONG_MODE	(1u << 0)
+/* The guest was not at CPL 0: its kernel did not make the call. */
+#define RVMX_EXIT_HYPERCALL_USER	(1u << 1)
+
 struct rvmx_exit_hypercall {
 	__u64 nr;
 	__u64 args[6];
 	__u64 ret;
-	__u64 flags;
+	__u64 flags;	/* RVMX_EXIT_HYPERCALL_* */
 };
 
 /* RVMX_EXIT_X86_RDMSR/WRMSR: set error to 1 to raise #GP in the guest;

@@ -1,11 +1,17 @@
 // SPDX-License-Identifier: GPL-2.0
 
 //! MOV to/from debug registers: the guest's DR0-DR7 live in software, away
-//! from the host's.
+//! from the host's. DR4 and DR5 are DR6 and DR7 unless CR4.DE makes them
+//! raise #UD (SDM Vol. 3, 19.2.2).
 
-use crate::{vcpu::Guest, vmx::current::CurrentVmcs};
+use crate::{
+    vcpu::{self, entry::Event, Guest},
+    vmx::current::CurrentVmcs,
+};
 
-use super::{gpr, set_gpr, skip_instruction, Action};
+use super::{gpr, raise, set_gpr, skip_instruction, Action};
+
+const CR4_DE: u64 = 1 << 3;
 
 pub(super) fn access(vmcs: &CurrentVmcs<'_>, g: &mut Guest, qual: u64) -> Action {
     let (dr, to_dr, reg) = (
@@ -13,6 +19,11 @@ pub(super) fn access(vmcs: &CurrentVmcs<'_>, g: &mut Guest, qual: u64) -> Action
         qual & (1 << 4) == 0,
         ((qual >> 8) & 0xf) as u8,
     );
+    let dr = match dr {
+        4 | 5 if vcpu::guest_cr4(vmcs) & CR4_DE != 0 => return raise(g, Event::ud()),
+        4 | 5 => dr + 2,
+        n => n,
+    };
     if to_dr {
         g.dr[dr] = gpr(vmcs, g, reg);
     } else {

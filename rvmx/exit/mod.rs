@@ -165,7 +165,7 @@ pub(crate) fn handle(
             return internal_error(
                 vcpu,
                 vmcs,
-                uapi::RVMX_INTERNAL_ERROR_EMULATION,
+                uapi::RVMX_INTERNAL_ERROR_DELIVERY_EV,
                 u64::from(e.raw()),
             );
         }
@@ -215,6 +215,9 @@ pub(crate) fn handle(
         }
         Reason::Vmcall => vmcall::handle(vcpu, vmcs, g),
         Reason::VmxInstruction | Reason::Mwait | Reason::Monitor => raise(g, Event::ud()),
+        // The guest has no performance counters (CPUID leaf 0xa is empty):
+        // every counter index is invalid.
+        Reason::Rdpmc => raise(g, Event::gp()),
         Reason::CrAccess => cr::access(vcpu, vmcs, g, CrAccess::decode(qual)),
         Reason::DrAccess => dr::access(vmcs, g, qual),
         Reason::Io => io::handle(vcpu, vmcs, g, reason::IoAccess::decode(qual)),

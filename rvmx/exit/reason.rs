@@ -20,6 +20,7 @@ pub(crate) enum Reason {
     Cpuid,
     Hlt,
     Invd,
+    Rdpmc,
     Vmcall,
     /// A VMX instruction other than VMCALL executed by the guest.
     VmxInstruction,
@@ -50,6 +51,7 @@ impl Reason {
             10 => Self::Cpuid,
             12 => Self::Hlt,
             13 => Self::Invd,
+            15 => Self::Rdpmc,
             18 => Self::Vmcall,
             19..=27 | 50 | 53 | 59 => Self::VmxInstruction,
             28 => Self::CrAccess,

@@ -55,7 +55,7 @@ use crate::{
 };
 
 pub(crate) use cpuid::get_supported as get_supported_cpuid;
-pub(crate) use cr::{guest_cr0, write_cr0, write_cr4, write_efer, EFER_LMA};
+pub(crate) use cr::{guest_cr0, guest_cr4, write_cr0, write_cr4, write_efer, EFER_LMA};
 pub(crate) use host::SWITCHED_MSRS;
 pub(crate) use run_area::{RunArea, DATA_SIZE as RUN_DATA_SIZE};
 pub(crate) use state::EFER_VALID;

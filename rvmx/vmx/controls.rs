@@ -22,6 +22,7 @@ pub(crate) const PROC_USE_TSC_OFFSETTING: u32 = 1 << 3;
 
 pub(crate) const PROC_HLT_EXITING: u32 = 1 << 7;
 pub(crate) const PROC_MWAIT_EXITING: u32 = 1 << 10;
+pub(crate) const PROC_RDPMC_EXITING: u32 = 1 << 11;
 pub(crate) const PROC_CR3_LOAD_EXITING: u32 = 1 << 15;
 pub(crate) const PROC_CR3_STORE_EXITING: u32 = 1 << 16;
 pub(crate) const PROC_CR8_LOAD_EXITING: u32 = 1 << 19;
@@ -32,8 +33,8 @@ pub(crate) const PROC_UNCONDITIONAL_IO_EXITING: u32 = 1 << 24;
 pub(crate) const PROC_MONITOR_EXITING: u32 = 1 << 29;
 
 pub(crate) const PROC2_ENABLE_RDTSCP: u32 = 1 << 3;
+pub(crate) const PROC2_WBINVD_EXITING: u32 = 1 << 6;
 pub(crate) const PROC2_ENABLE_INVPCID: u32 = 1 << 12;
-pub(crate) const PROC2_ENABLE_XSAVES: u32 = 1 << 20;
 
 pub(crate) const EXIT_HOST_ADDRESS_SPACE_SIZE: u32 = 1 << 9;
 pub(crate) const EXIT_SAVE_PAT: u32 = 1 << 18;
@@ -117,8 +118,9 @@ impl Controls {
                 "processor-based",
                 caps.procbased,
                 // CR8 is the guest's TPR, which must never reach the
-                // host's.
+                // host's; RDPMC would read the host's counters.
                 PROC_HLT_EXITING
+                    | PROC_RDPMC_EXITING
                     | PROC_USE_TSC_OFFSETTING
                     | PROC_CR8_LOAD_EXITING
                     | PROC_CR8_STORE_EXITING
@@ -130,11 +132,15 @@ impl Controls {
                 0,
                 PROC_MUST_CLEAR,
             )?,
+            // No "enable XSAVES/XRSTORS": they would reach supervisor state
+            // with the host's IA32_XSS (the guest gets #UD; CPUID hides
+            // them). WBINVD would flush every cache of the host: it exits
+            // where the CPU can make it.
             proc2: adjust(
                 "secondary processor-based",
                 caps.procbased2,
                 PROC2_ENABLE_EPT | PROC2_UNRESTRICTED_GUEST,
-                vpid | PROC2_ENABLE_RDTSCP | PROC2_ENABLE_INVPCID | PROC2_ENABLE_XSAVES,
+                vpid | PROC2_ENABLE_RDTSCP | PROC2_ENABLE_INVPCID | PROC2_WBINVD_EXITING,
                 0,
             )?,
             exit: adjust(
@@ -224,6 +230,9 @@ mod tests {
             "CR8 would reach the host's TPR"
         );
         assert_eq!(c.proc & PROC_INTERRUPT_WINDOW_EXITING, 0);
+        assert_ne!(c.proc & PROC_RDPMC_EXITING, 0);
+        assert_ne!(c.proc2 & PROC2_WBINVD_EXITING, 0);
+        assert_eq!(c.proc2 & (1 << 20), 0, "XSAVES enabled with the host's XSS");
         assert_eq!(c.proc & PROC_MUST_CLEAR, 0);
         assert_ne!(c.proc & PROC_ACTIVATE_SECONDARY, 0);
         assert!(c.uses_vpid());

@@ -30,7 +30,7 @@ impl<T> ::core::fmt::Debug for __IncompleteArrayField<T> {
         fmt.write_str("__IncompleteArrayField")
     }
 }
-pub const RVMX_API_VERSION: u32 = 1;
+pub const RVMX_API_VERSION: u32 = 2;
 pub const RVMXIO: u32 = 175;
 pub const RVMX_CAP_VMX_USABLE: u32 = 1;
 pub const RVMX_CAP_VMX_BUSY: u32 = 2;
@@ -60,10 +60,13 @@ pub const RVMX_EXIT_X86_WRMSR: u32 = 30;
 pub const RVMX_EXIT_IOAPIC_EOI: u32 = 26;
 pub const RVMX_EXIT_IO_IN: u32 = 0;
 pub const RVMX_EXIT_IO_OUT: u32 = 1;
-pub const RVMX_INTERNAL_ERROR_UNHANDLED_EXIT: u32 = 1;
-pub const RVMX_INTERNAL_ERROR_EMULATION: u32 = 2;
+pub const RVMX_INTERNAL_ERROR_EMULATION: u32 = 1;
+pub const RVMX_INTERNAL_ERROR_DELIVERY_EV: u32 = 3;
+pub const RVMX_INTERNAL_ERROR_UNHANDLED_EXIT: u32 = 4;
 pub const RVMX_RUN_DATA_OFFSET: u32 = 2048;
 pub const RVMX_RUN_DATA_SIZE: u32 = 2048;
+pub const RVMX_EXIT_HYPERCALL_LONG_MODE: u32 = 1;
+pub const RVMX_EXIT_HYPERCALL_USER: u32 = 2;
 pub const RVMX_MSR_EXIT_REASON_UNKNOWN: u32 = 2;
 pub const RVMX_GET_API_VERSION: u32 = 44800;
 pub const RVMX_GET_VMX_CAPS: u32 = 2159062785;

@@ -110,6 +110,16 @@ fn internal_error(who: VcpuId, e: &InternalError) -> String {
             }
             s
         }
+        InternalError::EventDelivery { vectoring, rip } => {
+            let mut s = format!("vCPU {id}: {hypervisor} could not deliver an event");
+            if let Some(v) = vectoring {
+                s += &format!(" (vector {}, type {})", v & 0xff, (v >> 8) & 7);
+            }
+            if let Some(rip) = rip {
+                s += &format!(" at RIP {rip:#x}");
+            }
+            s + ": its delivery touched memory no slot backs"
+        }
         InternalError::UnhandledExit(Some(reason)) => {
             format!("vCPU {id}: {hypervisor} does not handle VMX exit reason {reason}")
         }

@@ -155,6 +155,12 @@ pub enum InternalError {
         /// The first 8 bytes at RIP.
         bytes: Option<[u8; 8]>,
     },
+    /// An event (interrupt, exception) whose delivery it could not finish:
+    /// the IDT-vectoring information and the guest RIP.
+    EventDelivery {
+        vectoring: Option<u64>,
+        rip: Option<u64>,
+    },
     /// An exit it does not handle: the VMX basic exit reason.
     UnhandledExit(Option<u64>),
     /// No details (KVM through kvm-ioctls), or a suberror vmmctl does not

@@ -316,6 +316,10 @@ fn decode_internal_error(suberror: u32, data: &[u64]) -> InternalError {
             address: data.get(1).copied(),
             bytes: data.get(2).map(|w| w.to_le_bytes()),
         },
+        sys::RVMX_INTERNAL_ERROR_DELIVERY_EV => InternalError::EventDelivery {
+            vectoring: data.first().copied(),
+            rip: data.get(2).copied(),
+        },
         sys::RVMX_INTERNAL_ERROR_UNHANDLED_EXIT => {
             InternalError::UnhandledExit(data.first().copied())
         }
@@ -352,6 +356,16 @@ mod tests {
         assert_eq!(
             decode_internal_error(sys::RVMX_INTERNAL_ERROR_UNHANDLED_EXIT, &[48, 0]),
             InternalError::UnhandledExit(Some(48))
+        );
+        assert_eq!(
+            decode_internal_error(
+                sys::RVMX_INTERNAL_ERROR_DELIVERY_EV,
+                &[0x8000_0b0e, 0x182, 0x40_1000, 0xfee0_0000]
+            ),
+            InternalError::EventDelivery {
+                vectoring: Some(0x8000_0b0e),
+                rip: Some(0x40_1000),
+            }
         );
         assert_eq!(
             decode_internal_error(9, &[]),
