@@ -35,6 +35,10 @@ pub const TESTS: &[Test] = &[
         run: xsetbv_partial_avx512_is_gp,
     },
     Test {
+        name: "rdpmc_wbinvd_and_dr4_dr5",
+        run: rdpmc_wbinvd_and_dr4_dr5,
+    },
+    Test {
         name: "msi_injects_fixed_interrupt",
         run: msi_injects_fixed_interrupt,
     },
@@ -278,6 +282,45 @@ guest!(
     "pop rax",
     "add rsp, 8",
     "iretq",
+);
+
+// RDPMC raises #GP (no counters: the host's must not show); WBINVD exits
+// and does nothing; DR4/DR5 alias DR6/DR7, until CR4.DE makes them #UD.
+// The handler reports the vector and skips the faulting instruction.
+guest!(
+    G_PRIV,
+    set_handler!(G_PRIV_h),
+    "xor ecx, ecx",
+    "rdpmc",
+    "wbinvd",
+    "mov eax, 0xff0",
+    "mov dr6, rax",
+    "mov rbx, dr4",
+    "mov eax, ebx",
+    "out 0x10, eax",
+    "mov eax, 0x401",
+    "mov dr5, rax",
+    "mov rbx, dr7",
+    "mov eax, ebx",
+    "out 0x10, eax",
+    "mov rax, cr4",
+    "or eax, 8",
+    "mov cr4, rax",
+    "mov rbx, dr4",
+    "out 0xf4, al",
+    "G_PRIV_h:",
+    "out 0x11, al",
+    "cmp al, 13",
+    "jne G_PRIV_ud",
+    "add qword ptr [rsp + 32], 2", // rdpmc: 0f 33
+    "pop rdx",
+    "pop rcx",
+    "pop rax",
+    "add rsp, 8",
+    "iretq",
+    "G_PRIV_ud:",
+    "add qword ptr [rsp + 24], 3", // mov rbx, dr4: 0f 21 e3
+    iret64!(),
 );
 
 // An MSI arrives during the exit at port 0x10; IF=1, so it must be taken
@@ -770,6 +813,7 @@ extern "C" {
     static G_DIS: u64;
     static G_CR8: u64;
     static G_XS: u64;
+    static G_PRIV: u64;
     static G_MSI: u64;
     static G_TPR: u64;
     static G_NEST: u64;
@@ -1121,6 +1165,22 @@ fn xsetbv_partial_avx512_is_gp(_: &Ctx) -> TestResult {
         &format!("XSETBV 0x27, 0x67, 0xe3, 5, XCR1, then 0xe7 (host XCR0 {host:#x})"),
         &evs,
         &want,
+    )
+}
+
+fn rdpmc_wbinvd_and_dr4_dr5(_: &Ctx) -> TestResult {
+    let mut t = TestVm::long_mode_idt(MEM, code!(G_PRIV))?;
+    let evs = trace(&mut t.vcpu, |_| Ok(()))?;
+    check(
+        "RDPMC, WBINVD, DR4 and DR5 without and with CR4.DE",
+        &evs,
+        &[
+            vector(13),
+            val(0x10, 0xff0),
+            val(0x10, 0x401),
+            vector(6),
+            Want::Done,
+        ],
     )
 }
 

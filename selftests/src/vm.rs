@@ -223,6 +223,11 @@ fn long_mode_cpuid_vmcall(_: &Ctx) -> TestResult {
     // SAFETY: the exit reason says the union holds `hypercall`.
     let call = unsafe { t.vcpu.run_area().__bindgen_anon_1.hypercall };
     ensure!(call.nr == 0x1234, "hypercall nr {:#x}", call.nr);
+    ensure!(
+        call.flags == u64::from(sys::RVMX_EXIT_HYPERCALL_LONG_MODE),
+        "hypercall flags {:#x}, want LONG_MODE only (64-bit code at CPL 0)",
+        call.flags
+    );
     let ecx = call.args[0];
     ensure!(
         ecx & (1 << 31) != 0,
