@@ -21,6 +21,10 @@ BOCHS_KEY=$({
 BOCHS_DIR=$RVMX_CACHE/bochs-$BOCHS_SRC_VERSION-$BOCHS_KEY
 BOCHS=${BOCHS:-$BOCHS_DIR/bin/bochs}
 
+# Debian 12's own kernel, unmodified: a second guest for vmmctl's lab tests
+# (scripts/setup fetches it from Debian's archive and caches it here).
+DEBIAN_KERNEL=$RVMX_CACHE/debian-kernel/vmlinuz
+
 step() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 warn() { printf 'warning: %s\n' "$*" >&2; }
 die() {

@@ -4,6 +4,8 @@
 //! asks after `--`, and ends the VM the way it was told:
 //!
 //!   cpus=N          the kernel must see N CPUs
+//!   sleep_ms=N      a sleep of N ms must span N ms of TSC at the frequency
+//!                   CPUID leaf 0x15 (or 0x16) advertises, within 5 %
 //!   then=ACTION     poweroff (default), reboot, panic (init exits),
 //!                   hang (sleep until the VMM stops the VM), or shell
 //!                   (busybox sh on the console, for typed commands)
@@ -97,6 +99,45 @@ fn setup_console() {
     }
 }
 
+/// The TSC frequency the CPU advertises: leaf 0x15 (crystal Hz times
+/// EBX/EAX), else leaf 0x16 (base MHz).
+fn advertised_tsc_hz() -> Option<u64> {
+    let max = core::arch::x86_64::__cpuid(0).eax;
+    if max >= 0x15 {
+        let l = core::arch::x86_64::__cpuid(0x15);
+        if l.eax != 0 && l.ebx != 0 && l.ecx != 0 {
+            return Some(u64::from(l.ecx) * u64::from(l.ebx) / u64::from(l.eax));
+        }
+    }
+    if max >= 0x16 {
+        let mhz = core::arch::x86_64::__cpuid(0x16).eax & 0xffff;
+        if mhz != 0 {
+            return Some(u64::from(mhz) * 1_000_000);
+        }
+    }
+    None
+}
+
+/// Sleeps `ms` and checks that the TSC advanced `ms` at the advertised
+/// frequency, within 5 %: the guest's timer fires when its clock says, and
+/// its clock runs at the rate the CPU claims.
+fn clock_rate(ms: u64) -> Result<(), String> {
+    let hz = advertised_tsc_hz().ok_or("CPUID advertises no TSC frequency (leaves 0x15/0x16)")?;
+    // SAFETY: RDTSC has no preconditions on x86-64.
+    let c0 = unsafe { core::arch::x86_64::_rdtsc() };
+    std::thread::sleep(Duration::from_millis(ms));
+    // SAFETY: as above.
+    let c1 = unsafe { core::arch::x86_64::_rdtsc() };
+    let measured_ms = c1.wrapping_sub(c0) / (hz / 1000).max(1);
+    println!("guest-init: sleep {ms} ms took {measured_ms} ms of TSC at {hz} Hz");
+    if measured_ms.abs_diff(ms) * 20 > ms {
+        return Err(format!(
+            "a {ms} ms sleep took {measured_ms} ms of TSC (more than 5 % off)"
+        ));
+    }
+    Ok(())
+}
+
 /// `key=value` from the arguments the kernel passed to init.
 fn arg(key: &str) -> Option<String> {
     std::env::args()
@@ -129,6 +170,11 @@ fn checks() -> Vec<String> {
     );
     if slept < Duration::from_millis(20) || c1 <= c0 {
         failures.push("the clocks did not advance across a sleep".into());
+    }
+    if let Some(ms) = arg("sleep_ms").and_then(|v| v.parse::<u64>().ok()) {
+        if let Err(why) = clock_rate(ms) {
+            failures.push(why);
+        }
     }
     let _ = std::io::stdout().flush();
     failures
