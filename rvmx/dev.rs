@@ -46,6 +46,9 @@ impl MiscDevice for RvmxFile {
 
     fn ioctl(me: &Self, _file: &File, cmd: u32, arg: usize) -> Result<isize> {
         match cmd {
+            // Commands without an argument refuse one, so that a later
+            // version can give them one.
+            uapi::RVMX_GET_API_VERSION | uapi::RVMX_GET_VCPU_MMAP_SIZE if arg != 0 => Err(EINVAL),
             uapi::RVMX_GET_API_VERSION => Ok(uapi::RVMX_API_VERSION as isize),
             uapi::RVMX_GET_VMX_CAPS => me.get_vmx_caps(arg),
             uapi::RVMX_CREATE_VM => me.create_vm(arg),

@@ -137,14 +137,17 @@ impl Vm {
             *ids |= 1 << id;
         }
         let vm: Arc<Self> = this.into();
-        let result = Vcpu::create(vm.clone(), id).and_then(|vcpu| {
-            vcpu.mailbox().set_present(true);
-            anon_file::install(vcpu)
-        });
-        if result.is_err() {
-            *vm.vcpu_ids.lock() &= !(1 << id);
-        }
-        Ok(result? as isize)
+        let vcpu = match Vcpu::create(vm.clone(), id) {
+            Ok(vcpu) => vcpu,
+            Err(e) => {
+                *vm.vcpu_ids.lock() &= !(1 << id);
+                return Err(e);
+            }
+        };
+        vcpu.mailbox().set_present(true);
+        // If installing fails, the vCPU's drop frees its id (and VPID):
+        // freeing it here as well could free the id of a vCPU made since.
+        Ok(anon_file::install(vcpu)? as isize)
     }
 
     /// vCPU `id`'s mailbox (`id` < `RVMX_MAX_VCPUS`, checked at creation).

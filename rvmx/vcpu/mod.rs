@@ -296,13 +296,18 @@ impl Vcpu {
         Ok(f(self, &vmcs, &mut st.guest))
     }
 
-    /// Makes the VMCS current in `window`, programming it the first time.
+    /// Makes the VMCS current in `window`, programming it the first time
+    /// (after a VMCLEAR, which the SDM requires before a region's first
+    /// VMPTRLD: it puts the region in the clear launch state).
     fn load_vmcs<'w>(
         &self,
         window: &'w RootWindow,
         region: &'w mut PageBuf,
         initialized: &mut bool,
     ) -> Result<CurrentVmcs<'w>> {
+        if !*initialized {
+            CurrentVmcs::clear(window, region).map_err(|_| EIO)?;
+        }
         let vmcs = CurrentVmcs::load(window, region).map_err(|_| EIO)?;
         if !*initialized {
             reset::program(self, &vmcs);
@@ -496,6 +501,7 @@ impl AnonFile for Vcpu {
     fn ioctl(this: ArcBorrow<'_, Self>, cmd: u32, arg: usize) -> Result<isize> {
         this.vm.check_owner()?;
         match cmd {
+            uapi::RVMX_RUN if arg != 0 => Err(EINVAL),
             uapi::RVMX_RUN => this.run(),
             uapi::RVMX_GET_REGS => this.get_regs(arg),
             uapi::RVMX_SET_REGS => this.set_regs(arg),

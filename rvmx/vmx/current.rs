@@ -38,6 +38,15 @@ impl<'w> CurrentVmcs<'w> {
         })
     }
 
+    /// VMCLEARs `region` (not current) on this CPU: its launch state
+    /// becomes clear, as a region must be before its first VMPTRLD.
+    pub(crate) fn clear(_window: &RootWindow, region: &mut PageBuf) -> Result<(), VmFail> {
+        // SAFETY: the window proves VMX root operation with interrupts off;
+        // the region is tagged and exclusively borrowed, so not active on
+        // any other CPU.
+        unsafe { instr::vmclear(virt_to_phys(region)) }
+    }
+
     pub(crate) fn read<F: Readable>(&self, field: F) -> F::Value
     where
         F::Value: TryFrom<u64> + Default,

@@ -32,6 +32,10 @@ pub const TESTS: &[Test] = &[
         run: unknown_ioctl_is_enotty,
     },
     Test {
+        name: "argumentless_ioctls_refuse_an_argument",
+        run: argumentless_ioctls_refuse_an_argument,
+    },
+    Test {
         name: "wrong_size_or_direction_is_einval",
         run: wrong_size_or_direction_is_einval,
     },
@@ -218,6 +222,31 @@ fn unknown_ioctl_is_enotty(_: &Ctx) -> TestResult {
     // KVM_GET_API_VERSION: another driver's magic.
     expect_errno(&fd, ioctl::io(0xae, 0x00), 0, libc::ENOTTY, "KVM's magic")?;
     Ok(())
+}
+
+fn argumentless_ioctls_refuse_an_argument(_: &Ctx) -> TestResult {
+    let fd = open()?;
+    for (cmd, what) in [
+        (sys::RVMX_GET_API_VERSION, "GET_API_VERSION"),
+        (sys::RVMX_GET_VCPU_MMAP_SIZE, "GET_VCPU_MMAP_SIZE"),
+        (sys::RVMX_CREATE_VM, "CREATE_VM"),
+    ] {
+        expect_errno(
+            &fd,
+            cmd,
+            1,
+            libc::EINVAL,
+            &format!("{what} with argument 1"),
+        )?;
+    }
+    let vm = fd.create_vm().ctx("RVMX_CREATE_VM")?;
+    let vcpu = vm.create_vcpu(0).ctx("RVMX_CREATE_VCPU")?;
+    match ioctl::raw(&vcpu, sys::RVMX_RUN, 1) {
+        Err(libc::EINVAL) => Ok(()),
+        other => Err(Outcome::Fail(format!(
+            "RUN with argument 1: {other:?}, want EINVAL"
+        ))),
+    }
 }
 
 fn wrong_size_or_direction_is_einval(_: &Ctx) -> TestResult {
