@@ -36,5 +36,8 @@ plain_bytes!(
     rvmx_sregs,
     rvmx_cpuid_entry,
     rvmx_msr_entry,
-    rvmx_msi
+    rvmx_msi,
+    rvmx_lapic_state,
+    rvmx_vcpu_events,
+    rvmx_mp_state
 );

@@ -165,6 +165,68 @@ struct rvmx_msrs {
 	struct rvmx_msr_entry entries[];
 };
 
+/* ---- Interrupt state, to save and restore a vCPU -------------------------- */
+
+/* The local APIC's registers as the xAPIC page lays them out: 32-bit
+ * values at 16-byte offsets (KVM's struct kvm_lapic_state). The ID is in
+ * bits 31:24 in both modes; 0x310 holds the ICR's upper word (the x2APIC
+ * destination in x2APIC mode); 0x390 is the timer's current count. */
+#define RVMX_APIC_REG_SIZE	0x400
+struct rvmx_lapic_state {
+	char regs[RVMX_APIC_REG_SIZE];
+};
+
+/* Events that an entry would deliver, and what blocks them: KVM's struct
+ * kvm_vcpu_events. rvmx has no SMM and no exception payloads: those fields,
+ * flags and reserved are zero. */
+struct rvmx_vcpu_events {
+	struct {
+		__u8 injected;		/* delivery interrupted: delivered again */
+		__u8 nr;
+		__u8 has_error_code;
+		__u8 pending;		/* raised, not yet delivered */
+		__u32 error_code;
+	} exception;
+	struct {
+		__u8 injected;		/* an external interrupt interrupted in delivery */
+		__u8 nr;
+		__u8 soft;		/* zero */
+		__u8 shadow;		/* RVMX_INTERRUPT_SHADOW_* */
+	} interrupt;
+	struct {
+		__u8 injected;
+		__u8 pending;
+		__u8 masked;		/* blocked until the guest's IRET */
+		__u8 pad;
+	} nmi;
+	__u32 sipi_vector;
+	__u32 flags;			/* zero */
+	struct {
+		__u8 smm;
+		__u8 pending;
+		__u8 smm_inside_nmi;
+		__u8 latched_init;
+	} smi;				/* zero */
+	struct {
+		__u8 pending;
+	} triple_fault;			/* zero */
+	__u8 reserved[26];
+	__u8 exception_has_payload;	/* zero */
+	__u64 exception_payload;	/* zero */
+};
+
+/* struct rvmx_vcpu_events.interrupt.shadow */
+#define RVMX_INTERRUPT_SHADOW_STI	(1u << 0)
+#define RVMX_INTERRUPT_SHADOW_MOV_SS	(1u << 1)
+
+/* struct rvmx_mp_state.mp_state, with KVM's numbers */
+#define RVMX_MP_STATE_RUNNABLE		0
+#define RVMX_MP_STATE_INIT_RECEIVED	2
+#define RVMX_MP_STATE_HALTED		3
+struct rvmx_mp_state {
+	__u32 mp_state;
+};
+
 /* ---- The run area: mmap'd from the vCPU fd ------------------------------- */
 
 /* struct rvmx_run.exit_reason (numbers as KVM's KVM_EXIT_*) */
@@ -339,5 +401,11 @@ struct rvmx_msi {
 #define RVMX_SET_CPUID		_IOW(RVMXIO, 0x25, struct rvmx_cpuid)
 #define RVMX_GET_MSRS		_IOWR(RVMXIO, 0x26, struct rvmx_msrs)
 #define RVMX_SET_MSRS		_IOW(RVMXIO, 0x27, struct rvmx_msrs)
+#define RVMX_GET_LAPIC		_IOR(RVMXIO, 0x28, struct rvmx_lapic_state)
+#define RVMX_SET_LAPIC		_IOW(RVMXIO, 0x29, struct rvmx_lapic_state)
+#define RVMX_GET_VCPU_EVENTS	_IOR(RVMXIO, 0x2a, struct rvmx_vcpu_events)
+#define RVMX_SET_VCPU_EVENTS	_IOW(RVMXIO, 0x2b, struct rvmx_vcpu_events)
+#define RVMX_GET_MP_STATE	_IOR(RVMXIO, 0x2c, struct rvmx_mp_state)
+#define RVMX_SET_MP_STATE	_IOW(RVMXIO, 0x2d, struct rvmx_mp_state)
 
 #endif /* _UAPI_RVMX_H */

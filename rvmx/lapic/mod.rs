@@ -48,6 +48,9 @@ mod reg {
     pub(super) const SELF_IPI: u32 = 0x3f0;
 }
 
+/// Bytes of the saved register image (`save`, `restore`).
+pub(crate) const STATE_SIZE: usize = 0x400;
+
 /// Version 0x14 (integrated APIC), 6 LVT entries (max LVT index 5), no
 /// EOI-broadcast suppression.
 const VERSION: u32 = 0x0005_0014;
@@ -438,6 +441,75 @@ impl Lapic {
         Effect::Send(m)
     }
 
+    /// The registers as the xAPIC page lays them out (KVM's
+    /// `kvm_lapic_state`): 32-bit values at 16-byte offsets, the ID in bits
+    /// 31:24 in both modes, the ICR's destination word at 0x310, the
+    /// current count as of TSC `now`.
+    pub(crate) fn save(&self, now: u64) -> [u8; STATE_SIZE] {
+        let mut img = [0u8; STATE_SIZE];
+        // Offsets below 0x400: in range. No slicing, which could panic.
+        let mut put = |offset: u32, v: u32| {
+            for (k, b) in v.to_le_bytes().into_iter().enumerate() {
+                if let Some(d) = img.get_mut(offset as usize + k) {
+                    *d = b;
+                }
+            }
+        };
+        for offset in (reg::ID..0x400).step_by(16) {
+            if let Ok(v) = self.read(offset, now) {
+                put(offset, v);
+            }
+        }
+        put(reg::ID, self.id << 24);
+        put(reg::ICR_LO, self.icr as u32);
+        put(reg::ICR_HI, (self.icr >> 32) as u32);
+        img
+    }
+
+    /// Loads registers `save` produced, in the mode IA32_APIC_BASE says now
+    /// (restore it first). Sends nothing and fires nothing; the timer goes
+    /// on from the saved current count. A different APIC ID is refused.
+    pub(crate) fn restore(&mut self, img: &[u8; STATE_SIZE], now: u64) -> Result<(), Invalid> {
+        let get = |offset: u32| {
+            let at = offset as usize;
+            img.get(at..at + 4)
+                .and_then(|b| <[u8; 4]>::try_from(b).ok())
+                .map_or(0, u32::from_le_bytes)
+        };
+        if get(reg::ID) >> 24 != self.id {
+            return Err(Invalid);
+        }
+        let mut a = self.clone();
+        a.tpr = get(reg::TPR) & 0xff;
+        if !a.x2apic() {
+            a.ldr = get(reg::LDR) & 0xff00_0000;
+            a.dfr = get(reg::DFR) | 0x0fff_ffff;
+        }
+        a.svr = get(reg::SVR) & 0x1ff;
+        for i in 0..8 {
+            let at = (i as u32) << 4;
+            a.isr.0[i] = get(reg::ISR + at);
+            a.tmr.0[i] = get(reg::TMR + at);
+            a.irr.0[i] = get(reg::IRR + at);
+        }
+        a.esr = get(reg::ESR);
+        a.esr_pending = 0;
+        a.icr = (u64::from(get(reg::ICR_HI)) << 32) | u64::from(get(reg::ICR_LO) & !(1 << 12));
+        for (i, lvt) in a.lvt.iter_mut().enumerate() {
+            *lvt = get(reg::LVT_TIMER + ((i as u32) << 4)) & LVT_WRITABLE[i];
+        }
+        let mode = a.timer_mode();
+        a.timer.restore(
+            mode,
+            get(reg::TIMER_DIVIDE),
+            get(reg::TIMER_INITIAL),
+            get(reg::TIMER_CURRENT),
+            now,
+        );
+        *self = a;
+        Ok(())
+    }
+
     /// The x2APIC MSR `msr` (0x800-0x8ff) as a register offset.
     pub(crate) fn x2apic_offset(msr: u32) -> u32 {
         (msr & 0xff) << 4
@@ -609,6 +681,36 @@ mod tests {
         assert!(a.timer_expire(1100));
         assert_eq!(a.deliverable(), Some(0xef));
         assert_eq!(a.timer_deadline(), Some(1200), "periodic re-armed");
+    }
+
+    #[test]
+    fn save_and_restore_round_trip() {
+        let mut a = enabled(3);
+        a.write(reg::TPR, 0x20, 0).unwrap();
+        a.write(reg::LDR, 0x0400_0000, 0).unwrap();
+        a.accept(0x51, true);
+        a.acknowledge(0x51);
+        a.accept(0x62, false);
+        a.write(reg::TIMER_DIVIDE, 0xb, 0).unwrap();
+        a.write(reg::LVT_TIMER, (1 << 17) | 0xef, 0).unwrap();
+        a.write(reg::TIMER_INITIAL, 1000, 0).unwrap();
+        let img = a.save(400);
+        let mut b = Lapic::new(3);
+        b.restore(&img, 10_000).unwrap();
+        assert_eq!(b.read(reg::TPR, 0), Ok(0x20));
+        assert_eq!(b.read(reg::LDR, 0), Ok(0x0400_0000));
+        assert_eq!(b.read(reg::ISR + 0x20, 0), Ok(1 << 17), "0x51 in service");
+        assert_eq!(b.read(reg::TMR + 0x20, 0), Ok(1 << 17), "0x51 level");
+        assert_eq!(b.deliverable(), Some(0x62));
+        // 600 counts were left at the save: they go on from the restore.
+        assert_eq!(b.read(reg::TIMER_CURRENT, 10_100), Ok(500));
+        assert_eq!(b.timer_deadline(), Some(10_600));
+        assert_eq!(b.save(10_100)[..0x380], a.save(500)[..0x380]);
+        assert_eq!(
+            Lapic::new(4).restore(&img, 0),
+            Err(Invalid),
+            "another APIC id"
+        );
     }
 
     #[test]

@@ -88,6 +88,18 @@ impl Timer {
         self.deadline = (count != 0).then(|| now.saturating_add(self.period()));
     }
 
+    /// Restores a saved timer: `current` counts left of `initial` at TSC
+    /// `now` (the counting modes; TSC-deadline mode is IA32_TSC_DEADLINE's).
+    pub(crate) fn restore(&mut self, mode: Mode, dcr: u32, initial: u32, current: u32, now: u64) {
+        self.set_divide(dcr);
+        self.initial = initial;
+        self.deadline = match mode {
+            Mode::TscDeadline => (self.tsc_deadline != 0).then_some(self.tsc_deadline),
+            _ if current == 0 => None,
+            _ => Some(now.saturating_add(u64::from(current) * divisor(self.dcr))),
+        };
+    }
+
     /// A write of the divide-configuration register. A running count keeps
     /// its deadline; the new divisor applies from the next period.
     pub(crate) fn set_divide(&mut self, dcr: u32) {

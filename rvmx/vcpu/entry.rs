@@ -40,9 +40,19 @@ const fn needs_length(info: u32) -> bool {
 }
 
 /// Interruptibility state bits.
-const BLOCKING_STI: u32 = 1 << 0;
-const BLOCKING_MOV_SS: u32 = 1 << 1;
-const BLOCKING_NMI: u32 = 1 << 3;
+pub(super) const BLOCKING_STI: u32 = 1 << 0;
+pub(super) const BLOCKING_MOV_SS: u32 = 1 << 1;
+pub(super) const BLOCKING_NMI: u32 = 1 << 3;
+
+/// What kind of event an `Event` is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum EventKind {
+    External,
+    Nmi,
+    Exception,
+    /// Software interrupts and exceptions (INT n, INT3, INTO, INT1).
+    Software,
+}
 
 /// An event for VM entry, in VM-entry interruption-information format.
 #[derive(Clone, Copy, Debug)]
@@ -75,7 +85,7 @@ impl Event {
         Self::exception(vector::UD, None)
     }
 
-    fn nmi() -> Self {
+    pub(crate) fn nmi() -> Self {
         Self {
             info: u32::from(vector::NMI) | (INTR_TYPE_NMI << 8) | INTR_VALID,
             error_code: 0,
@@ -83,7 +93,7 @@ impl Event {
         }
     }
 
-    fn external(vector: u8) -> Self {
+    pub(crate) fn external(vector: u8) -> Self {
         Self {
             info: u32::from(vector) | (INTR_TYPE_EXTERNAL << 8) | INTR_VALID,
             error_code: 0,
@@ -108,6 +118,23 @@ impl Event {
 
     pub(crate) fn raw(&self) -> u32 {
         self.info
+    }
+
+    pub(crate) fn vector(&self) -> u8 {
+        self.info as u8
+    }
+
+    pub(crate) fn kind(&self) -> EventKind {
+        match (self.info >> 8) & 7 {
+            INTR_TYPE_EXTERNAL => EventKind::External,
+            INTR_TYPE_NMI => EventKind::Nmi,
+            INTR_TYPE_HW_EXCEPTION => EventKind::Exception,
+            _ => EventKind::Software,
+        }
+    }
+
+    pub(crate) fn error_code(&self) -> Option<u32> {
+        (self.info & INTR_DELIVER_ERROR_CODE != 0).then_some(self.error_code)
     }
 
     fn write(&self, vmcs: &CurrentVmcs<'_>, protected_mode: bool) {

@@ -17,6 +17,7 @@ pub(crate) mod entry;
 mod fpu;
 mod halt;
 mod host;
+mod irq_state;
 pub(crate) mod mailbox;
 mod msrs;
 pub(crate) mod regs;
@@ -68,7 +69,7 @@ use regs::{rvmx_vmenter, GuestRegs};
 
 pub(crate) const RUN_AREA_SIZE: usize = run_area::SIZE;
 
-const VCPU_IOCTLS: [u32; 8] = [
+const VCPU_IOCTLS: [u32; 14] = [
     uapi::RVMX_GET_MSRS,
     uapi::RVMX_SET_MSRS,
     uapi::RVMX_SET_CPUID,
@@ -77,6 +78,12 @@ const VCPU_IOCTLS: [u32; 8] = [
     uapi::RVMX_SET_REGS,
     uapi::RVMX_GET_SREGS,
     uapi::RVMX_SET_SREGS,
+    uapi::RVMX_GET_LAPIC,
+    uapi::RVMX_SET_LAPIC,
+    uapi::RVMX_GET_VCPU_EVENTS,
+    uapi::RVMX_SET_VCPU_EVENTS,
+    uapi::RVMX_GET_MP_STATE,
+    uapi::RVMX_SET_MP_STATE,
 ];
 
 /// What a completed exit left for the next `RVMX_RUN` to finish.
@@ -510,6 +517,12 @@ impl AnonFile for Vcpu {
             uapi::RVMX_GET_MSRS => this.get_msrs(arg),
             uapi::RVMX_SET_MSRS => this.set_msrs(arg),
             uapi::RVMX_SET_CPUID => this.state.lock().guest.cpuid.set(arg).map(|()| 0),
+            uapi::RVMX_GET_LAPIC => this.get_lapic(arg),
+            uapi::RVMX_SET_LAPIC => this.set_lapic(arg),
+            uapi::RVMX_GET_VCPU_EVENTS => this.get_vcpu_events(arg),
+            uapi::RVMX_SET_VCPU_EVENTS => this.set_vcpu_events(arg),
+            uapi::RVMX_GET_MP_STATE => this.get_mp_state(arg),
+            uapi::RVMX_SET_MP_STATE => this.set_mp_state(arg),
             _ => Err(ioctl::unknown(cmd, &VCPU_IOCTLS)),
         }
     }

@@ -39,6 +39,10 @@ pub const TESTS: &[Test] = &[
         run: rdpmc_wbinvd_and_dr4_dr5,
     },
     Test {
+        name: "interrupt_state_save_and_restore",
+        run: interrupt_state_save_and_restore,
+    },
+    Test {
         name: "msi_injects_fixed_interrupt",
         run: msi_injects_fixed_interrupt,
     },
@@ -320,6 +324,21 @@ guest!(
     "iretq",
     "G_PRIV_ud:",
     "add qword ptr [rsp + 24], 3", // mov rbx, dr4: 0f 21 e3
+    iret64!(),
+);
+
+// Takes what the state restored at its OUT 0x10 holds: a pending exception
+// at once, then, past the STI shadow, the interrupt a restored IRR requests.
+guest!(
+    G_RST,
+    set_handler!(G_RST_h),
+    "out 0x10, al",
+    "sti",
+    "nop",
+    "out 0x12, al",
+    "out 0xf4, al",
+    "G_RST_h:",
+    "out 0x11, al",
     iret64!(),
 );
 
@@ -814,6 +833,7 @@ extern "C" {
     static G_CR8: u64;
     static G_XS: u64;
     static G_PRIV: u64;
+    static G_RST: u64;
     static G_MSI: u64;
     static G_TPR: u64;
     static G_NEST: u64;
@@ -1179,6 +1199,119 @@ fn rdpmc_wbinvd_and_dr4_dr5(_: &Ctx) -> TestResult {
             val(0x10, 0xff0),
             val(0x10, 0x401),
             vector(6),
+            Want::Done,
+        ],
+    )
+}
+
+/// The 32-bit register at `offset` of a saved local APIC.
+fn apic_reg(s: &sys::rvmx_lapic_state, offset: usize) -> u32 {
+    let b = |i: usize| s.regs[offset + i] as u8;
+    u32::from_le_bytes([b(0), b(1), b(2), b(3)])
+}
+
+fn set_apic_reg(s: &mut sys::rvmx_lapic_state, offset: usize, v: u32) {
+    for (i, byte) in v.to_le_bytes().into_iter().enumerate() {
+        s.regs[offset + i] = byte as _;
+    }
+}
+
+fn interrupt_state_save_and_restore(_: &Ctx) -> TestResult {
+    let mut t = TestVm::long_mode_idt(MEM, code!(G_RST))?;
+    let fresh = t.vcpu.vcpu_events().ctx("RVMX_GET_VCPU_EVENTS")?;
+    ensure!(
+        fresh.exception.pending == 0 && fresh.nmi.pending == 0 && fresh.interrupt.shadow == 0,
+        "a fresh vCPU has events pending"
+    );
+    let mut apic = t.vcpu.lapic().ctx("RVMX_GET_LAPIC")?;
+    let (id, version, svr) = (
+        apic_reg(&apic, 0x20),
+        apic_reg(&apic, 0x30),
+        apic_reg(&apic, 0xf0),
+    );
+    ensure!(
+        (id, version, svr) == (0, 0x50014, 0xff),
+        "fresh APIC: ID {id:#x}, version {version:#x}, SVR {svr:#x}"
+    );
+    // Restored once the guest's handler is in place (its OUT 0x10): the
+    // APIC software-enabled with vector 0x40 requested (IRR word 2, bit 0),
+    // and a #UD pending.
+    set_apic_reg(&mut apic, 0xf0, 0x1ff);
+    set_apic_reg(&mut apic, 0x220, 1);
+    let mut ev = fresh;
+    ev.exception.pending = 1;
+    ev.exception.nr = 6;
+
+    let mut other = apic;
+    set_apic_reg(&mut other, 0x20, 1 << 24);
+    expect_err(
+        t.vcpu.set_lapic(&other),
+        libc::EINVAL,
+        "SET_LAPIC with another APIC ID",
+    )?;
+    let mut bad = ev;
+    bad.flags = 1;
+    expect_err(
+        t.vcpu.set_vcpu_events(&bad),
+        libc::EINVAL,
+        "SET_VCPU_EVENTS with flags",
+    )?;
+    let mut bad = ev;
+    bad.interrupt.shadow = 3;
+    expect_err(
+        t.vcpu.set_vcpu_events(&bad),
+        libc::EINVAL,
+        "both interrupt shadows",
+    )?;
+    let mut bad = ev;
+    bad.exception.nr = 40;
+    expect_err(
+        t.vcpu.set_vcpu_events(&bad),
+        libc::EINVAL,
+        "exception vector 40",
+    )?;
+
+    let mp = t.vcpu.mp_state().ctx("RVMX_GET_MP_STATE")?;
+    ensure!(
+        mp == sys::RVMX_MP_STATE_RUNNABLE,
+        "vCPU 0 mp_state {mp}, want RUNNABLE"
+    );
+    expect_err(t.vcpu.set_mp_state(7), libc::EINVAL, "mp_state 7")?;
+    let ap = t.vm.create_vcpu(1).ctx("RVMX_CREATE_VCPU 1")?;
+    let mp = ap.mp_state().ctx("RVMX_GET_MP_STATE")?;
+    ensure!(
+        mp == sys::RVMX_MP_STATE_INIT_RECEIVED,
+        "vCPU 1 mp_state {mp}, want INIT_RECEIVED (waiting for SIPI)"
+    );
+
+    let evs = trace_with_vcpu(&mut t.vcpu, |vcpu, e| {
+        if !is_out(e, 0x10) {
+            return Ok(());
+        }
+        vcpu.set_lapic(&apic).ctx("RVMX_SET_LAPIC")?;
+        let back = vcpu.lapic().ctx("RVMX_GET_LAPIC")?;
+        ensure!(
+            apic_reg(&back, 0xf0) == 0x1ff && apic_reg(&back, 0x220) == 1,
+            "SVR {:#x}, IRR[2] {:#x} after SET_LAPIC",
+            apic_reg(&back, 0xf0),
+            apic_reg(&back, 0x220)
+        );
+        vcpu.set_vcpu_events(&ev).ctx("RVMX_SET_VCPU_EVENTS")?;
+        let back = vcpu.vcpu_events().ctx("RVMX_GET_VCPU_EVENTS")?;
+        ensure!(
+            back.exception.pending == 1 && back.exception.nr == 6,
+            "the pending #UD did not read back"
+        );
+        Ok(())
+    })?;
+    check(
+        "the restored #UD, then the restored IRR's 0x40 after STI",
+        &evs,
+        &[
+            Want::Out(0x10, None),
+            vector(6),
+            vector(0x40),
+            Want::Out(0x12, None),
             Want::Done,
         ],
     )

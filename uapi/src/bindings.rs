@@ -46,6 +46,12 @@ pub const RVMX_MEM_READONLY: u32 = 2;
 pub const RVMX_MAX_CPUID_ENTRIES: u32 = 256;
 pub const RVMX_CPUID_FLAG_SIGNIFICANT_INDEX: u32 = 1;
 pub const RVMX_MAX_MSR_ENTRIES: u32 = 256;
+pub const RVMX_APIC_REG_SIZE: u32 = 1024;
+pub const RVMX_INTERRUPT_SHADOW_STI: u32 = 1;
+pub const RVMX_INTERRUPT_SHADOW_MOV_SS: u32 = 2;
+pub const RVMX_MP_STATE_RUNNABLE: u32 = 0;
+pub const RVMX_MP_STATE_INIT_RECEIVED: u32 = 2;
+pub const RVMX_MP_STATE_HALTED: u32 = 3;
 pub const RVMX_EXIT_UNKNOWN: u32 = 0;
 pub const RVMX_EXIT_IO: u32 = 2;
 pub const RVMX_EXIT_HYPERCALL: u32 = 3;
@@ -85,6 +91,12 @@ pub const RVMX_SET_SREGS: u32 = 1094233892;
 pub const RVMX_SET_CPUID: u32 = 1074310949;
 pub const RVMX_GET_MSRS: u32 = 3221794598;
 pub const RVMX_SET_MSRS: u32 = 1074310951;
+pub const RVMX_GET_LAPIC: u32 = 2214637352;
+pub const RVMX_SET_LAPIC: u32 = 1140895529;
+pub const RVMX_GET_VCPU_EVENTS: u32 = 2151722794;
+pub const RVMX_SET_VCPU_EVENTS: u32 = 1077980971;
+pub const RVMX_GET_MP_STATE: u32 = 2147790636;
+pub const RVMX_SET_MP_STATE: u32 = 1074048813;
 pub type __u8 = core::ffi::c_uchar;
 pub type __u16 = core::ffi::c_ushort;
 pub type __u32 = core::ffi::c_uint;
@@ -544,6 +556,222 @@ const _: () = {
     [
         "Offset of field: rvmx_msrs::entries",
     ][::core::mem::offset_of!(rvmx_msrs, entries) - 8usize];
+};
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct rvmx_lapic_state {
+    pub regs: [core::ffi::c_char; 1024usize],
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of rvmx_lapic_state"][::core::mem::size_of::<rvmx_lapic_state>() - 1024usize];
+    [
+        "Alignment of rvmx_lapic_state",
+    ][::core::mem::align_of::<rvmx_lapic_state>() - 1usize];
+    [
+        "Offset of field: rvmx_lapic_state::regs",
+    ][::core::mem::offset_of!(rvmx_lapic_state, regs) - 0usize];
+};
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct rvmx_vcpu_events {
+    pub exception: rvmx_vcpu_events__bindgen_ty_1,
+    pub interrupt: rvmx_vcpu_events__bindgen_ty_2,
+    pub nmi: rvmx_vcpu_events__bindgen_ty_3,
+    pub sipi_vector: __u32,
+    pub flags: __u32,
+    pub smi: rvmx_vcpu_events__bindgen_ty_4,
+    pub triple_fault: rvmx_vcpu_events__bindgen_ty_5,
+    pub reserved: [__u8; 26usize],
+    pub exception_has_payload: __u8,
+    pub exception_payload: __u64,
+}
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct rvmx_vcpu_events__bindgen_ty_1 {
+    pub injected: __u8,
+    pub nr: __u8,
+    pub has_error_code: __u8,
+    pub pending: __u8,
+    pub error_code: __u32,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    [
+        "Size of rvmx_vcpu_events__bindgen_ty_1",
+    ][::core::mem::size_of::<rvmx_vcpu_events__bindgen_ty_1>() - 8usize];
+    [
+        "Alignment of rvmx_vcpu_events__bindgen_ty_1",
+    ][::core::mem::align_of::<rvmx_vcpu_events__bindgen_ty_1>() - 4usize];
+    [
+        "Offset of field: rvmx_vcpu_events__bindgen_ty_1::injected",
+    ][::core::mem::offset_of!(rvmx_vcpu_events__bindgen_ty_1, injected) - 0usize];
+    [
+        "Offset of field: rvmx_vcpu_events__bindgen_ty_1::nr",
+    ][::core::mem::offset_of!(rvmx_vcpu_events__bindgen_ty_1, nr) - 1usize];
+    [
+        "Offset of field: rvmx_vcpu_events__bindgen_ty_1::has_error_code",
+    ][::core::mem::offset_of!(rvmx_vcpu_events__bindgen_ty_1, has_error_code) - 2usize];
+    [
+        "Offset of field: rvmx_vcpu_events__bindgen_ty_1::pending",
+    ][::core::mem::offset_of!(rvmx_vcpu_events__bindgen_ty_1, pending) - 3usize];
+    [
+        "Offset of field: rvmx_vcpu_events__bindgen_ty_1::error_code",
+    ][::core::mem::offset_of!(rvmx_vcpu_events__bindgen_ty_1, error_code) - 4usize];
+};
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct rvmx_vcpu_events__bindgen_ty_2 {
+    pub injected: __u8,
+    pub nr: __u8,
+    pub soft: __u8,
+    pub shadow: __u8,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    [
+        "Size of rvmx_vcpu_events__bindgen_ty_2",
+    ][::core::mem::size_of::<rvmx_vcpu_events__bindgen_ty_2>() - 4usize];
+    [
+        "Alignment of rvmx_vcpu_events__bindgen_ty_2",
+    ][::core::mem::align_of::<rvmx_vcpu_events__bindgen_ty_2>() - 1usize];
+    [
+        "Offset of field: rvmx_vcpu_events__bindgen_ty_2::injected",
+    ][::core::mem::offset_of!(rvmx_vcpu_events__bindgen_ty_2, injected) - 0usize];
+    [
+        "Offset of field: rvmx_vcpu_events__bindgen_ty_2::nr",
+    ][::core::mem::offset_of!(rvmx_vcpu_events__bindgen_ty_2, nr) - 1usize];
+    [
+        "Offset of field: rvmx_vcpu_events__bindgen_ty_2::soft",
+    ][::core::mem::offset_of!(rvmx_vcpu_events__bindgen_ty_2, soft) - 2usize];
+    [
+        "Offset of field: rvmx_vcpu_events__bindgen_ty_2::shadow",
+    ][::core::mem::offset_of!(rvmx_vcpu_events__bindgen_ty_2, shadow) - 3usize];
+};
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct rvmx_vcpu_events__bindgen_ty_3 {
+    pub injected: __u8,
+    pub pending: __u8,
+    pub masked: __u8,
+    pub pad: __u8,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    [
+        "Size of rvmx_vcpu_events__bindgen_ty_3",
+    ][::core::mem::size_of::<rvmx_vcpu_events__bindgen_ty_3>() - 4usize];
+    [
+        "Alignment of rvmx_vcpu_events__bindgen_ty_3",
+    ][::core::mem::align_of::<rvmx_vcpu_events__bindgen_ty_3>() - 1usize];
+    [
+        "Offset of field: rvmx_vcpu_events__bindgen_ty_3::injected",
+    ][::core::mem::offset_of!(rvmx_vcpu_events__bindgen_ty_3, injected) - 0usize];
+    [
+        "Offset of field: rvmx_vcpu_events__bindgen_ty_3::pending",
+    ][::core::mem::offset_of!(rvmx_vcpu_events__bindgen_ty_3, pending) - 1usize];
+    [
+        "Offset of field: rvmx_vcpu_events__bindgen_ty_3::masked",
+    ][::core::mem::offset_of!(rvmx_vcpu_events__bindgen_ty_3, masked) - 2usize];
+    [
+        "Offset of field: rvmx_vcpu_events__bindgen_ty_3::pad",
+    ][::core::mem::offset_of!(rvmx_vcpu_events__bindgen_ty_3, pad) - 3usize];
+};
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct rvmx_vcpu_events__bindgen_ty_4 {
+    pub smm: __u8,
+    pub pending: __u8,
+    pub smm_inside_nmi: __u8,
+    pub latched_init: __u8,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    [
+        "Size of rvmx_vcpu_events__bindgen_ty_4",
+    ][::core::mem::size_of::<rvmx_vcpu_events__bindgen_ty_4>() - 4usize];
+    [
+        "Alignment of rvmx_vcpu_events__bindgen_ty_4",
+    ][::core::mem::align_of::<rvmx_vcpu_events__bindgen_ty_4>() - 1usize];
+    [
+        "Offset of field: rvmx_vcpu_events__bindgen_ty_4::smm",
+    ][::core::mem::offset_of!(rvmx_vcpu_events__bindgen_ty_4, smm) - 0usize];
+    [
+        "Offset of field: rvmx_vcpu_events__bindgen_ty_4::pending",
+    ][::core::mem::offset_of!(rvmx_vcpu_events__bindgen_ty_4, pending) - 1usize];
+    [
+        "Offset of field: rvmx_vcpu_events__bindgen_ty_4::smm_inside_nmi",
+    ][::core::mem::offset_of!(rvmx_vcpu_events__bindgen_ty_4, smm_inside_nmi) - 2usize];
+    [
+        "Offset of field: rvmx_vcpu_events__bindgen_ty_4::latched_init",
+    ][::core::mem::offset_of!(rvmx_vcpu_events__bindgen_ty_4, latched_init) - 3usize];
+};
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct rvmx_vcpu_events__bindgen_ty_5 {
+    pub pending: __u8,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    [
+        "Size of rvmx_vcpu_events__bindgen_ty_5",
+    ][::core::mem::size_of::<rvmx_vcpu_events__bindgen_ty_5>() - 1usize];
+    [
+        "Alignment of rvmx_vcpu_events__bindgen_ty_5",
+    ][::core::mem::align_of::<rvmx_vcpu_events__bindgen_ty_5>() - 1usize];
+    [
+        "Offset of field: rvmx_vcpu_events__bindgen_ty_5::pending",
+    ][::core::mem::offset_of!(rvmx_vcpu_events__bindgen_ty_5, pending) - 0usize];
+};
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of rvmx_vcpu_events"][::core::mem::size_of::<rvmx_vcpu_events>() - 64usize];
+    [
+        "Alignment of rvmx_vcpu_events",
+    ][::core::mem::align_of::<rvmx_vcpu_events>() - 8usize];
+    [
+        "Offset of field: rvmx_vcpu_events::exception",
+    ][::core::mem::offset_of!(rvmx_vcpu_events, exception) - 0usize];
+    [
+        "Offset of field: rvmx_vcpu_events::interrupt",
+    ][::core::mem::offset_of!(rvmx_vcpu_events, interrupt) - 8usize];
+    [
+        "Offset of field: rvmx_vcpu_events::nmi",
+    ][::core::mem::offset_of!(rvmx_vcpu_events, nmi) - 12usize];
+    [
+        "Offset of field: rvmx_vcpu_events::sipi_vector",
+    ][::core::mem::offset_of!(rvmx_vcpu_events, sipi_vector) - 16usize];
+    [
+        "Offset of field: rvmx_vcpu_events::flags",
+    ][::core::mem::offset_of!(rvmx_vcpu_events, flags) - 20usize];
+    [
+        "Offset of field: rvmx_vcpu_events::smi",
+    ][::core::mem::offset_of!(rvmx_vcpu_events, smi) - 24usize];
+    [
+        "Offset of field: rvmx_vcpu_events::triple_fault",
+    ][::core::mem::offset_of!(rvmx_vcpu_events, triple_fault) - 28usize];
+    [
+        "Offset of field: rvmx_vcpu_events::reserved",
+    ][::core::mem::offset_of!(rvmx_vcpu_events, reserved) - 29usize];
+    [
+        "Offset of field: rvmx_vcpu_events::exception_has_payload",
+    ][::core::mem::offset_of!(rvmx_vcpu_events, exception_has_payload) - 55usize];
+    [
+        "Offset of field: rvmx_vcpu_events::exception_payload",
+    ][::core::mem::offset_of!(rvmx_vcpu_events, exception_payload) - 56usize];
+};
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct rvmx_mp_state {
+    pub mp_state: __u32,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of rvmx_mp_state"][::core::mem::size_of::<rvmx_mp_state>() - 4usize];
+    ["Alignment of rvmx_mp_state"][::core::mem::align_of::<rvmx_mp_state>() - 4usize];
+    [
+        "Offset of field: rvmx_mp_state::mp_state",
+    ][::core::mem::offset_of!(rvmx_mp_state, mp_state) - 0usize];
 };
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]

@@ -179,28 +179,62 @@ impl VcpuFd {
         ioctl_val(self, sys::RVMX_RUN, 0).map(drop)
     }
 
+    /// A `_IOR` state ioctl: the struct rvmx fills in.
+    fn get<T: sys::Plain>(&self, cmd: u32) -> io::Result<T> {
+        // SAFETY: all-zero is a valid value of a `Plain` struct.
+        let mut v: T = unsafe { std::mem::zeroed() };
+        ioctl_with(self, cmd, &mut v)?;
+        Ok(v)
+    }
+
+    /// A `_IOW` state ioctl.
+    fn set<T: sys::Plain>(&self, cmd: u32, v: &T) -> io::Result<()> {
+        let mut v = *v;
+        ioctl_with(self, cmd, &mut v).map(drop)
+    }
+
     pub fn regs(&self) -> io::Result<sys::rvmx_regs> {
-        // SAFETY: all-zero is a valid `rvmx_regs`.
-        let mut regs: sys::rvmx_regs = unsafe { std::mem::zeroed() };
-        ioctl_with(self, sys::RVMX_GET_REGS, &mut regs)?;
-        Ok(regs)
+        self.get(sys::RVMX_GET_REGS)
     }
 
     pub fn set_regs(&self, regs: &sys::rvmx_regs) -> io::Result<()> {
-        let mut regs = *regs;
-        ioctl_with(self, sys::RVMX_SET_REGS, &mut regs).map(drop)
+        self.set(sys::RVMX_SET_REGS, regs)
     }
 
     pub fn sregs(&self) -> io::Result<sys::rvmx_sregs> {
-        // SAFETY: all-zero is a valid `rvmx_sregs`.
-        let mut sregs: sys::rvmx_sregs = unsafe { std::mem::zeroed() };
-        ioctl_with(self, sys::RVMX_GET_SREGS, &mut sregs)?;
-        Ok(sregs)
+        self.get(sys::RVMX_GET_SREGS)
     }
 
     pub fn set_sregs(&self, sregs: &sys::rvmx_sregs) -> io::Result<()> {
-        let mut sregs = *sregs;
-        ioctl_with(self, sys::RVMX_SET_SREGS, &mut sregs).map(drop)
+        self.set(sys::RVMX_SET_SREGS, sregs)
+    }
+
+    /// `RVMX_GET_LAPIC`: the local APIC's registers.
+    pub fn lapic(&self) -> io::Result<sys::rvmx_lapic_state> {
+        self.get(sys::RVMX_GET_LAPIC)
+    }
+
+    pub fn set_lapic(&self, state: &sys::rvmx_lapic_state) -> io::Result<()> {
+        self.set(sys::RVMX_SET_LAPIC, state)
+    }
+
+    /// `RVMX_GET_VCPU_EVENTS`: pending and interrupted events, shadows.
+    pub fn vcpu_events(&self) -> io::Result<sys::rvmx_vcpu_events> {
+        self.get(sys::RVMX_GET_VCPU_EVENTS)
+    }
+
+    pub fn set_vcpu_events(&self, events: &sys::rvmx_vcpu_events) -> io::Result<()> {
+        self.set(sys::RVMX_SET_VCPU_EVENTS, events)
+    }
+
+    /// `RVMX_GET_MP_STATE`: `RVMX_MP_STATE_*`.
+    pub fn mp_state(&self) -> io::Result<u32> {
+        self.get::<sys::rvmx_mp_state>(sys::RVMX_GET_MP_STATE)
+            .map(|s| s.mp_state)
+    }
+
+    pub fn set_mp_state(&self, mp_state: u32) -> io::Result<()> {
+        self.set(sys::RVMX_SET_MP_STATE, &sys::rvmx_mp_state { mp_state })
     }
 
     /// `RVMX_SET_CPUID`: the table the guest's CPUID reads from.
