@@ -59,6 +59,7 @@ pub(crate) mod msr {
     pub(crate) const SYSENTER_ESP: u32 = 0x175;
     pub(crate) const SYSENTER_EIP: u32 = 0x176;
     pub(crate) const MISC_ENABLE: u32 = 0x1a0;
+    pub(crate) const DEBUGCTL: u32 = 0x1d9;
     pub(crate) const PAT: u32 = 0x277;
     pub(crate) const MTRR_DEF_TYPE: u32 = 0x2ff;
     pub(crate) const TSC_DEADLINE: u32 = 0x6e0;

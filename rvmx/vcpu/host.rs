@@ -6,7 +6,7 @@
 
 use crate::vmx::{
     current::CurrentVmcs,
-    instr::{self, DescriptorTable},
+    instr::{self, DescriptorTable, Selectors},
     vmcs::{Field16, Field32, Field64, FieldNat},
 };
 
@@ -20,13 +20,28 @@ use crate::arch::msr::*;
 pub(crate) const SWITCHED_MSRS: [u32; 6] = [STAR, LSTAR, CSTAR, SFMASK, KERNEL_GS_BASE, TSC_AUX];
 
 /// Host state saved before entering and restored after the last exit of a
-/// window.
+/// window: what a VM exit sets to fixed values (SDM Vol. 3, 28.5) or does
+/// not switch, and the task depends on.
 pub(crate) struct SavedHost {
     gdt: DescriptorTable,
     idt: DescriptorTable,
-    ds: u16,
-    es: u16,
+    sel: Selectors,
+    fs_base: u64,
+    /// A VM exit sets DR7 to 0x400 and clears IA32_DEBUGCTL: the host's
+    /// hardware breakpoints and branch tracing (LBR, BTF) would be lost.
+    dr7: u64,
+    /// `None` where the MSR does not exist (some emulators).
+    debugctl: Option<u64>,
     msrs: [u64; SWITCHED_MSRS.len()],
+}
+
+/// DR7 after reset and after a VM exit: no breakpoint enabled.
+const DR7_RESET: u64 = 0x400;
+
+extern "C" {
+    /// Loads GS's selector without touching the kernel's GS base (SWAPGS
+    /// around it, interrupts off): the kernel's `asm_load_gs_index`.
+    fn asm_load_gs_index(selector: u32);
 }
 
 /// Reads the TSS base out of the GDT descriptor that TR selects.
@@ -87,8 +102,10 @@ impl SavedHost {
         Self {
             gdt,
             idt,
-            ds: sel.ds,
-            es: sel.es,
+            sel,
+            fs_base: rdmsr(FS_BASE),
+            dr7: instr::read_dr7(),
+            debugctl: instr::try_rdmsr(DEBUGCTL).ok(),
             msrs: SWITCHED_MSRS.map(rdmsr),
         }
     }
@@ -97,9 +114,11 @@ impl SavedHost {
     pub(crate) fn load_guest_msrs(&self, guest: &[u64; SWITCHED_MSRS.len()]) {
         for (msr, value) in SWITCHED_MSRS.iter().zip(guest) {
             // SAFETY: interrupts are off until `restore`, which puts the
-            // host's values back; the guest's were validated when set
-            // (canonical addresses), and none is used by the host meanwhile.
-            unsafe { instr::wrmsr(*msr, *value) };
+            // host's values back, and none is used by the host meanwhile.
+            // The guest's were checked as WRMSR checks them when set; a
+            // value the CPU refuses anyway is not loaded (a #GP caught),
+            // rather than oopsing the host.
+            let _ = unsafe { instr::try_wrmsr(*msr, *value) };
         }
     }
 
@@ -112,14 +131,33 @@ impl SavedHost {
             // SAFETY: the MSR exists on every x86-64 CPU.
             guest[i] = unsafe { instr::rdmsr(KERNEL_GS_BASE) };
         }
-        // SAFETY: the values saved on this CPU before entering, interrupts
-        // still off.
+        let sel = &self.sel;
+        // SAFETY: the values saved on this CPU and thread before entering,
+        // interrupts still off, in the order the kernel loads them: LDT
+        // and segment selectors (which reload bases from descriptors), then
+        // the bases (FS_BASE; KERNEL_GS_BASE among the switched MSRs).
         unsafe {
             instr::lgdt(&self.gdt);
             instr::lidt(&self.idt);
-            instr::load_ds_es(self.ds, self.es);
+            instr::load_ds_es(sel.ds, sel.es);
+            if sel.ldtr != 0 {
+                instr::lldt(sel.ldtr);
+            }
+            if sel.gs != 0 {
+                asm_load_gs_index(u32::from(sel.gs));
+            }
+            if sel.fs != 0 {
+                instr::load_fs(sel.fs);
+                instr::wrmsr(FS_BASE, self.fs_base);
+            }
             for (msr, value) in SWITCHED_MSRS.iter().zip(&self.msrs) {
                 instr::wrmsr(*msr, *value);
+            }
+            if self.dr7 != DR7_RESET {
+                instr::write_dr7(self.dr7);
+            }
+            if let Some(debugctl) = self.debugctl.filter(|&v| v != 0) {
+                instr::wrmsr(DEBUGCTL, debugctl);
             }
         }
     }

@@ -22,6 +22,27 @@ pub(crate) enum VmFail {
     Valid,
 }
 
+/// An instruction raised an exception, which its exception-table entry
+/// caught: the kernel's fixup resumed after it instead of oopsing.
+#[derive(Debug)]
+pub(crate) struct Faulted;
+
+/// `asm!` template lines that give the instruction at local label 2 an
+/// exception-table entry (`EX_TYPE_DEFAULT`, 12-byte entries as in
+/// `arch/x86/include/asm/asm.h`) whose fixup resumes at label 3.
+macro_rules! extable_2_to_3 {
+    () => {
+        concat!(
+            ".pushsection __ex_table, \"aM\", @progbits, 12\n",
+            ".balign 4\n",
+            ".long 2b - .\n",
+            ".long 3b - .\n",
+            ".long 1\n",
+            ".popsection"
+        )
+    };
+}
+
 /// Returns (eax, ebx, ecx, edx) of CPUID `leaf`/`subleaf`.
 pub(crate) fn cpuid(leaf: u32, subleaf: u32) -> (u32, u32, u32, u32) {
     let (eax, ecx, edx): (u32, u32, u32);
@@ -210,18 +231,102 @@ pub(crate) struct Selectors {
     pub(crate) ss: u16,
     pub(crate) ds: u16,
     pub(crate) es: u16,
+    pub(crate) fs: u16,
+    pub(crate) gs: u16,
     pub(crate) tr: u16,
+    pub(crate) ldtr: u16,
 }
 
 pub(crate) fn selectors() -> Selectors {
-    let (cs, ss, ds, es, tr): (u16, u16, u16, u16, u16);
-    // SAFETY: reading segment selectors and TR has no side effects.
+    let (cs, ss, ds, es, fs, gs, tr, ldtr): (u16, u16, u16, u16, u16, u16, u16, u16);
+    // SAFETY: reading segment selectors, TR and LDTR has no side effects
+    // (SLDT and STR are allowed at CPL 0 whatever CR4.UMIP says).
     unsafe {
-        asm!("mov {0:x}, cs", "mov {1:x}, ss", "mov {2:x}, ds", "mov {3:x}, es", "str {4:x}",
-             out(reg) cs, out(reg) ss, out(reg) ds, out(reg) es, out(reg) tr,
+        asm!("mov {0:x}, cs", "mov {1:x}, ss", "mov {2:x}, ds", "mov {3:x}, es",
+             "mov {4:x}, fs", "mov {5:x}, gs", "str {6:x}", "sldt {7:x}",
+             out(reg) cs, out(reg) ss, out(reg) ds, out(reg) es, out(reg) fs,
+             out(reg) gs, out(reg) tr, out(reg) ldtr,
              options(nostack, preserves_flags, nomem));
     }
-    Selectors { cs, ss, ds, es, tr }
+    Selectors { cs, ss, ds, es, fs, gs, tr, ldtr }
+}
+
+/// Loads LDTR, which a VM exit makes null.
+///
+/// # Safety
+///
+/// `ldtr` must be the selector `selectors` read on this CPU, with the GDT
+/// that was current then.
+pub(crate) unsafe fn lldt(ldtr: u16) {
+    // SAFETY: guaranteed by the caller: the LDT the task had.
+    unsafe { asm!("lldt {0:x}", in(reg) ldtr, options(nostack, preserves_flags)) };
+}
+
+/// Loads FS with `fs`, which sets FS's base from its descriptor: the
+/// caller restores IA32_FS_BASE after.
+///
+/// # Safety
+///
+/// `fs` must be the selector `selectors` read on this thread.
+pub(crate) unsafe fn load_fs(fs: u16) {
+    // SAFETY: guaranteed by the caller: the value FS held.
+    unsafe { asm!("mov fs, {0:x}", in(reg) fs, options(nostack, preserves_flags)) };
+}
+
+pub(crate) fn read_dr7() -> u64 {
+    let dr7: u64;
+    // SAFETY: reading DR7 at CPL 0 has no side effects.
+    unsafe { asm!("mov {}, dr7", out(reg) dr7, options(nostack, preserves_flags, nomem)) };
+    dr7
+}
+
+/// # Safety
+///
+/// `dr7` must be the host's value `read_dr7` read on this CPU, with the
+/// same DR0-DR3 loaded.
+pub(crate) unsafe fn write_dr7(dr7: u64) {
+    // SAFETY: guaranteed by the caller: the host's own breakpoints.
+    unsafe { asm!("mov dr7, {}", in(reg) dr7, options(nostack, preserves_flags)) };
+}
+
+/// RDMSR of an MSR that may not exist on this processor (or emulator): its
+/// #GP is caught and reported as `Faulted`.
+pub(crate) fn try_rdmsr(msr: u32) -> Result<u64, Faulted> {
+    let (lo, hi): (u32, u32);
+    let mut faulted: u32 = 1;
+    // SAFETY: RDMSR only reads; a #GP for a missing MSR is caught by the
+    // exception-table entry, which resumes at label 3 with `faulted` set.
+    unsafe {
+        asm!("xor eax, eax", "xor edx, edx", "2: rdmsr", "xor {f:e}, {f:e}", "3:",
+             extable_2_to_3!(), f = inout(reg) faulted, in("ecx") msr,
+             out("eax") lo, out("edx") hi, options(nostack));
+    }
+    if faulted == 0 {
+        Ok((u64::from(hi) << 32) | u64::from(lo))
+    } else {
+        Err(Faulted)
+    }
+}
+
+/// WRMSR whose #GP (a value the processor refuses) is caught.
+///
+/// # Safety
+///
+/// As `wrmsr`, except that a value the processor refuses is allowed.
+pub(crate) unsafe fn try_wrmsr(msr: u32, value: u64) -> Result<(), Faulted> {
+    let mut faulted: u32 = 1;
+    // SAFETY: guaranteed by the caller for a value the CPU accepts; a #GP
+    // is caught by the exception-table entry and leaves the MSR unchanged.
+    unsafe {
+        asm!("2: wrmsr", "xor {f:e}, {f:e}", "3:", extable_2_to_3!(),
+             f = inout(reg) faulted, in("ecx") msr, in("eax") value as u32,
+             in("edx") (value >> 32) as u32, options(nostack));
+    }
+    if faulted == 0 {
+        Ok(())
+    } else {
+        Err(Faulted)
+    }
 }
 
 /// Restores DS and ES, which a VM exit loads from the host-state area.
@@ -259,27 +364,6 @@ pub(crate) unsafe fn xsetbv0(value: u64) {
     unsafe {
         asm!("xsetbv", in("ecx") 0, in("eax") value as u32, in("edx") (value >> 32) as u32,
                   options(nostack, preserves_flags))
-    };
-}
-
-/// An instruction raised an exception, which its exception-table entry
-/// caught: the kernel's fixup resumed after it instead of oopsing.
-#[derive(Debug)]
-pub(crate) struct Faulted;
-
-/// `asm!` template lines that give the instruction at local label 2 an
-/// exception-table entry (`EX_TYPE_DEFAULT`, 12-byte entries as in
-/// `arch/x86/include/asm/asm.h`) whose fixup resumes at label 3.
-macro_rules! extable_2_to_3 {
-    () => {
-        concat!(
-            ".pushsection __ex_table, \"aM\", @progbits, 12\n",
-            ".balign 4\n",
-            ".long 2b - .\n",
-            ".long 3b - .\n",
-            ".long 1\n",
-            ".popsection"
-        )
     };
 }
 

@@ -90,6 +90,10 @@ pub const TESTS: &[Test] = &[
         run: fpu_state_is_isolated,
     },
     Test {
+        name: "host_segment_selectors_survive_exits",
+        run: host_segment_selectors_survive_exits,
+    },
+    Test {
         name: "vcpu_migrates_between_cpus",
         run: vcpu_migrates_between_cpus,
     },
@@ -513,6 +517,40 @@ fn signal_interrupts_spinning_guest(_: &Ctx) -> TestResult {
     expect_eintr(&mut t, result, "RUN of a spinning guest after a signal")?;
     let rip = t.vcpu.regs().ctx("GET_REGS")?.rip;
     ensure!(rip == CODE, "RIP {rip:#x}: the guest left its loop");
+    Ok(())
+}
+
+/// GS's selector on this thread.
+fn gs_selector() -> u16 {
+    let gs: u16;
+    // SAFETY: reading a segment register has no side effects.
+    unsafe { std::arch::asm!("mov {0:x}, gs", out(reg) gs, options(nomem, nostack)) };
+    gs
+}
+
+/// Loads GS with `sel`. Rust's TLS is FS-based, so GS is free to use here.
+fn load_gs(sel: u16) {
+    // SAFETY: `sel` is null or the user data selector (SS's), both valid
+    // for GS at CPL 3; nothing on this thread uses GS's base.
+    unsafe { std::arch::asm!("mov gs, {0:x}", in(reg) sel, options(nomem, nostack)) };
+}
+
+fn host_segment_selectors_survive_exits(_: &Ctx) -> TestResult {
+    // A VM exit loads the host's selectors from the VMCS, where a user
+    // selector (RPL 3) cannot be: rvmx must put the task's back.
+    let ss: u16;
+    // SAFETY: as in `gs_selector`.
+    unsafe { std::arch::asm!("mov {0:x}, ss", out(reg) ss, options(nomem, nostack)) };
+    let mut t = TestVm::real_mode(0x10000, &[0xe6, 0x10, 0xe6, 0xf4])?;
+    load_gs(ss);
+    let result = expect_io(&mut t, 0x10, 1, 1, true).and_then(|()| t.run_to_done());
+    let gs = gs_selector();
+    load_gs(0);
+    result?;
+    ensure!(
+        gs == ss,
+        "GS selector {gs:#x} after the guest's exits, want the task's {ss:#x}"
+    );
     Ok(())
 }
 
