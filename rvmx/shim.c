@@ -9,6 +9,7 @@
 #include <linux/sched.h>
 #include <linux/smp.h>
 #include <linux/timekeeping.h>
+#include <asm/desc.h>
 
 /* Called from Rust only; the prototypes keep -Wmissing-prototypes quiet. */
 phys_addr_t rvmx_page_to_phys(struct page *page);
@@ -22,6 +23,7 @@ void rvmx_prepare_to_sleep(void);
 void rvmx_cancel_sleep(void);
 void rvmx_sleep_until(u64 deadline_ns);
 u64 rvmx_ktime_ns(void);
+void rvmx_invalidate_tss_limit(void);
 
 phys_addr_t rvmx_page_to_phys(struct page *page)
 {
@@ -90,4 +92,34 @@ void rvmx_sleep_until(u64 deadline_ns)
 u64 rvmx_ktime_ns(void)
 {
 	return ktime_get_ns();
+}
+
+/*
+ * A VM exit sets TR's limit to 0x67, cutting off the TSS's I/O bitmap. As
+ * KVM does (invalidate_tss_limit()): a task without ioperm() needs no
+ * bitmap, and the kernel reloads TR when it switches to one that has it;
+ * for this task, reload it now. native_load_tr_desc() would do that with
+ * load_direct_gdt(), which is exported for KVM only: LTR marks the TSS
+ * descriptor busy, so it runs on the writable GDT, swapped in around it.
+ * Interrupts are off.
+ */
+void rvmx_invalidate_tss_limit(void)
+{
+	struct desc_struct *gdt = get_current_gdt_rw();
+	struct desc_ptr rw = { .address = (unsigned long)gdt, .size = GDT_SIZE - 1 };
+	struct desc_ptr cur;
+	tss_desc tss;
+
+	if (!test_thread_flag(TIF_IO_BITMAP)) {
+		this_cpu_write(__tss_limit_invalid, true);
+		return;
+	}
+	memcpy(&tss, &gdt[GDT_ENTRY_TSS], sizeof(tss));
+	tss.type = DESC_TSS;
+	write_gdt_entry(gdt, GDT_ENTRY_TSS, &tss, DESC_TSS);
+	native_store_gdt(&cur);
+	native_load_gdt(&rw);
+	asm volatile("ltr %w0" : : "q" (GDT_ENTRY_TSS * 8));
+	native_load_gdt(&cur);
+	this_cpu_write(__tss_limit_invalid, false);
 }

@@ -42,6 +42,8 @@ extern "C" {
     /// Loads GS's selector without touching the kernel's GS base (SWAPGS
     /// around it, interrupts off): the kernel's `asm_load_gs_index`.
     fn asm_load_gs_index(selector: u32);
+    /// The TR limit a VM exit cut to 0x67 is reloaded (`shim.c`).
+    fn rvmx_invalidate_tss_limit();
 }
 
 /// Reads the TSS base out of the GDT descriptor that TR selects.
@@ -139,6 +141,7 @@ impl SavedHost {
         unsafe {
             instr::lgdt(&self.gdt);
             instr::lidt(&self.idt);
+            rvmx_invalidate_tss_limit();
             instr::load_ds_es(sel.ds, sel.es);
             if sel.ldtr != 0 {
                 instr::lldt(sel.ldtr);

@@ -94,6 +94,10 @@ pub const TESTS: &[Test] = &[
         run: host_segment_selectors_survive_exits,
     },
     Test {
+        name: "ioperm_survives_exits",
+        run: ioperm_survives_exits,
+    },
+    Test {
         name: "vcpu_migrates_between_cpus",
         run: vcpu_migrates_between_cpus,
     },
@@ -550,6 +554,63 @@ fn host_segment_selectors_survive_exits(_: &Ctx) -> TestResult {
     ensure!(
         gs == ss,
         "GS selector {gs:#x} after the guest's exits, want the task's {ss:#x}"
+    );
+    Ok(())
+}
+
+/// `in al, 0x80` from user space: allowed only through ioperm(), whose
+/// bitmap lies past the TSS limit a VM exit leaves.
+fn read_port_80() {
+    // SAFETY: port 0x80 (POST codes) has no effect on reads; without
+    // permission the CPU raises #GP (SIGSEGV), which the caller expects.
+    unsafe { std::arch::asm!("in al, 0x80", out("al") _, options(nomem, nostack)) };
+}
+
+fn ioperm_survives_exits(_: &Ctx) -> TestResult {
+    // SAFETY: ioperm(2) only changes this process's I/O permissions.
+    if unsafe { libc::ioperm(0x80, 1, 1) } != 0 {
+        return Err(Outcome::Skip(format!(
+            "ioperm: {} (a kernel without CONFIG_X86_IOPL_IOPERM)",
+            std::io::Error::last_os_error()
+        )));
+    }
+    // SAFETY: undoes the ioperm above.
+    unsafe { libc::ioperm(0x80, 1, 0) };
+    // In a child, since a lost I/O bitmap kills the task with SIGSEGV; the
+    // child makes its own VM (the parent's fds are EIO there).
+    // SAFETY: the child runs only this test's code and exits.
+    let pid = unsafe { libc::fork() };
+    if pid == 0 {
+        // SAFETY: as above.
+        let code = if unsafe { libc::ioperm(0x80, 1, 1) } != 0 {
+            2
+        } else {
+            read_port_80();
+            let ran = TestVm::real_mode(0x10000, &[0xe6, 0x10, 0xe6, 0xf4]).is_ok_and(|mut t| {
+                expect_io(&mut t, 0x10, 1, 1, true).is_ok() && t.run_to_done().is_ok()
+            });
+            read_port_80();
+            if ran {
+                0
+            } else {
+                3
+            }
+        };
+        // SAFETY: leaving the child at once.
+        unsafe { libc::_exit(code) };
+    }
+    ensure!(pid > 0, "fork failed");
+    let mut status = 0;
+    // SAFETY: waiting for our own child.
+    unsafe { libc::waitpid(pid, &mut status, 0) };
+    ensure!(
+        !libc::WIFSIGNALED(status),
+        "port I/O allowed by ioperm() faulted after the guest ran (signal {}): the TSS's I/O bitmap was cut off",
+        libc::WTERMSIG(status)
+    );
+    ensure!(
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        "the child's guest did not run (status {status:#x})"
     );
     Ok(())
 }
