@@ -7,12 +7,7 @@
 
 use kernel::prelude::*;
 
-use crate::{
-    ioctl,
-    lapic::STATE_SIZE,
-    uapi,
-    vmx::vmcs::Field32,
-};
+use crate::{ioctl, lapic::STATE_SIZE, uapi, vmx::vmcs::Field32};
 
 use super::{
     entry::{Event, EventKind, BLOCKING_MOV_SS, BLOCKING_NMI, BLOCKING_STI},
@@ -92,12 +87,16 @@ impl Vcpu {
         let ev: uapi::rvmx_vcpu_events = ioctl::read_arg(arg)?;
         let x = &ev.exception;
         let shadow = u32::from(ev.interrupt.shadow);
-        let both_shadows =
-            uapi::RVMX_INTERRUPT_SHADOW_STI | uapi::RVMX_INTERRUPT_SHADOW_MOV_SS;
+        let both_shadows = uapi::RVMX_INTERRUPT_SHADOW_STI | uapi::RVMX_INTERRUPT_SHADOW_MOV_SS;
         let unsupported = ev.flags != 0
             || ev.interrupt.soft != 0
             || ev.nmi.pad != 0
-            || [ev.smi.smm, ev.smi.pending, ev.smi.smm_inside_nmi, ev.smi.latched_init] != [0; 4]
+            || [
+                ev.smi.smm,
+                ev.smi.pending,
+                ev.smi.smm_inside_nmi,
+                ev.smi.latched_init,
+            ] != [0; 4]
             || ev.triple_fault.pending != 0
             || ev.reserved != [0; 26]
             || ev.exception_has_payload != 0
@@ -105,7 +104,8 @@ impl Vcpu {
         // One event at most is in delivery; an exception vector is < 32; the
         // two shadows cannot be at once (VM entry would refuse it).
         let invalid = (x.injected != 0 || x.pending != 0) && x.nr >= 32
-            || u8::from(x.injected != 0) + ev.interrupt.injected.min(1) + ev.nmi.injected.min(1) > 1
+            || u8::from(x.injected != 0) + ev.interrupt.injected.min(1) + ev.nmi.injected.min(1)
+                > 1
             || x.injected != 0 && x.pending != 0
             || shadow & !both_shadows != 0
             || shadow == both_shadows

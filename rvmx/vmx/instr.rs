@@ -248,7 +248,16 @@ pub(crate) fn selectors() -> Selectors {
              out(reg) gs, out(reg) tr, out(reg) ldtr,
              options(nostack, preserves_flags, nomem));
     }
-    Selectors { cs, ss, ds, es, fs, gs, tr, ldtr }
+    Selectors {
+        cs,
+        ss,
+        ds,
+        es,
+        fs,
+        gs,
+        tr,
+        ldtr,
+    }
 }
 
 /// Loads LDTR, which a VM exit makes null.
