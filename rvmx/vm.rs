@@ -65,7 +65,8 @@ fn current_mm() -> usize {
 impl Vm {
     pub(crate) fn create(host: Arc<VmxHost>) -> Result<Arc<Self>> {
         let controls = host.controls().map_err(|u| {
-            pr_err!(
+            // Once: the answer is the same for every VM a user tries.
+            kernel::pr_err_once!(
                 "the CPU cannot set the {} controls {:#x} rvmx needs\n",
                 u.word,
                 u.bits

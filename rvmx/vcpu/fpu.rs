@@ -63,7 +63,10 @@ impl GuestFpu {
     pub(crate) fn new() -> Result<Self> {
         let (_, size, _, _) = instr::cpuid(0xd, 0);
         if size as usize > size_of::<XsaveArea>() {
-            pr_err!("the host's XSAVE state ({size} bytes) exceeds rvmx's 4 KiB area\n");
+            // Once: each vCPU a user tries to create would say it again.
+            kernel::pr_err_once!(
+                "the host's XSAVE state ({size} bytes) exceeds rvmx's 4 KiB area\n"
+            );
             return Err(ENODEV);
         }
         let mut area = KBox::<XsaveArea>::init(pin_init::init_zeroed(), GFP_KERNEL_ACCOUNT)?;
