@@ -993,6 +993,12 @@ fn next_ev(vcpu: &mut VcpuFd) -> Result<Ev, Outcome> {
     }
 }
 
+/// The next exit, under the watchdog (a hung guest fails the test).
+fn next_ev_watched(vcpu: &mut VcpuFd) -> Result<Ev, Outcome> {
+    let _w = Watchdog::start(WATCHDOG);
+    next_ev(vcpu)
+}
+
 /// Runs the vCPU until the guest's DONE, calling `on` after each exit (the
 /// VMM's chance to act, e.g. send an MSI), under a watchdog.
 fn trace(vcpu: &mut VcpuFd, mut on: impl FnMut(Ev) -> TestResult) -> Result<Vec<Ev>, Outcome> {
@@ -1092,10 +1098,7 @@ fn msi_to_0(vm: &VmFd, data: u32) -> TestResult {
 fn cr8_never_reaches_the_host(_: &Ctx) -> TestResult {
     catch_sigusr1();
     let mut t = TestVm::long_mode(MEM, code!(G_CR8))?;
-    let ev = {
-        let _w = Watchdog::start(WATCHDOG);
-        next_ev(&mut t.vcpu)?
-    };
+    let ev = next_ev_watched(&mut t.vcpu)?;
     ensure!(
         ev == Ev::Out(0x10, 15),
         "the guest read CR8 back as {ev:?}, want 15"
@@ -1745,10 +1748,7 @@ fn hlt_wakes_on_timer(_: &Ctx) -> TestResult {
 
 fn hlt_wakes_on_msi_from_another_thread(_: &Ctx) -> TestResult {
     let mut t = TestVm::long_mode_idt(MEM, code!(G_HM))?;
-    let ready = {
-        let _w = Watchdog::start(WATCHDOG);
-        next_ev(&mut t.vcpu)?
-    };
+    let ready = next_ev_watched(&mut t.vcpu)?;
     ensure!(
         is_out(ready, 0x10),
         "first exit {ready:?}, want the ready OUT"
@@ -1797,10 +1797,7 @@ fn hlt_wakes_on_msi_from_another_thread(_: &Ctx) -> TestResult {
 fn halted_vcpu_signal_is_eintr(_: &Ctx) -> TestResult {
     catch_sigusr1();
     let mut t = TestVm::long_mode_idt(MEM, code!(G_HS))?;
-    let ready = {
-        let _w = Watchdog::start(WATCHDOG);
-        next_ev(&mut t.vcpu)?
-    };
+    let ready = next_ev_watched(&mut t.vcpu)?;
     ensure!(
         is_out(ready, 0x10),
         "first exit {ready:?}, want the ready OUT"
@@ -2050,10 +2047,7 @@ fn nmi_by_ipi(_: &Ctx) -> TestResult {
 
 fn signal_msi_validates_input(_: &Ctx) -> TestResult {
     let mut t = TestVm::long_mode_idt(MEM, code!(G_MV))?;
-    let ready = {
-        let _w = Watchdog::start(WATCHDOG);
-        next_ev(&mut t.vcpu)?
-    };
+    let ready = next_ev_watched(&mut t.vcpu)?;
     ensure!(
         is_out(ready, 0x10),
         "first exit {ready:?}, want the ready OUT"
