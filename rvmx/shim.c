@@ -15,6 +15,7 @@
 phys_addr_t rvmx_page_to_phys(struct page *page);
 phys_addr_t rvmx_virt_to_phys(const void *addr);
 void rvmx_on_each_cpu(smp_call_func_t func, void *info);
+void rvmx_on_cpus_where(smp_cond_func_t cond, smp_call_func_t func, void *info);
 void *rvmx_page_address(struct page *page);
 void rvmx_local_irq_disable(void);
 void rvmx_local_irq_enable(void);
@@ -39,6 +40,12 @@ phys_addr_t rvmx_virt_to_phys(const void *addr)
 void rvmx_on_each_cpu(smp_call_func_t func, void *info)
 {
 	on_each_cpu(func, info, 1);
+}
+
+/* Runs func(info) on the online CPUs where cond(cpu, info), and waits. */
+void rvmx_on_cpus_where(smp_cond_func_t cond, smp_call_func_t func, void *info)
+{
+	on_each_cpu_cond(cond, func, info, true);
 }
 
 /* A lowmem page's kernel address (the vCPU run area). */

@@ -2,11 +2,13 @@
 
 //! A VM: its memory, its vCPUs' shared settings, and the ioctls of a VM fd.
 
+use core::ffi::{c_int, c_void};
+
 use kernel::{
     current, new_mutex,
     prelude::*,
     sync::{
-        atomic::{Atomic, Relaxed},
+        atomic::{Atomic, Full, Relaxed},
         Arc, ArcBorrow, Mutex,
     },
 };
@@ -20,6 +22,14 @@ use crate::{
     vcpu::{mailbox::Mailbox, Vcpu},
     vmx::{controls::Controls, host::VmxHost},
 };
+
+extern "C" {
+    fn rvmx_on_cpus_where(
+        cond: unsafe extern "C" fn(c_int, *mut c_void) -> bool,
+        func: unsafe extern "C" fn(*mut c_void),
+        info: *mut c_void,
+    );
+}
 
 const VM_IOCTLS: [u32; 4] = [
     uapi::RVMX_SET_USER_MEMORY_REGION,
@@ -116,12 +126,31 @@ impl Vm {
     /// translation, then unpins them.
     fn flush_unmapped(&self, unmapped: Unmapped) {
         let Some(pages) = unmapped else { return };
-        self.ept_generation.fetch_add(1, Relaxed);
-        // Every vCPU in guest mode exits on this IPI (external-interrupt
-        // exiting) and only takes it after leaving its VMX window; when it
-        // enters again it sees the new generation and runs INVEPT first.
-        // Waiting for every CPU therefore waits for every stale translation.
-        self.host.kick_all_cpus();
+        let _ = self.ept_generation.fetch_add(1, Full);
+        // A vCPU in its window on a CPU exits on this IPI (external-
+        // interrupt exiting) and takes it only after the window ended; its
+        // next window sees the new generation and runs INVEPT first. A
+        // window that opens after the bump reads the new generation. So
+        // waiting for the CPUs whose windows run this VM's vCPUs, and only
+        // those, waits for every stale translation.
+        unsafe extern "C" fn nothing(_: *mut c_void) {}
+        unsafe extern "C" fn runs_this_vm(cpu: c_int, info: *mut c_void) -> bool {
+            // SAFETY: `info` is the `&Vm` passed below, alive during the
+            // call, which waits for every CPU.
+            let vm = unsafe { &*info.cast::<Vm>() };
+            vm.mailboxes
+                .iter()
+                .any(|mb| mb.window_cpu() == u32::try_from(cpu).ok())
+        }
+        // SAFETY: both callbacks only read `self` through `info`, and the
+        // call waits until they have run on every selected CPU.
+        unsafe {
+            rvmx_on_cpus_where(
+                runs_this_vm,
+                nothing,
+                (self as *const Self).cast_mut().cast(),
+            )
+        };
         drop(pages);
     }
 

@@ -47,6 +47,9 @@ pub(crate) struct Mailbox {
     sipi: Atomic<u32>,
     /// The vCPU exists (its fd was created and not yet released).
     present: Atomic<bool>,
+    /// The CPU whose VMX window runs this vCPU, -1 when none: where a
+    /// change of the VM's memory must interrupt.
+    window_cpu: Atomic<i32>,
     /// The local APIC's destination state: LDR (31:0), flat model (32),
     /// x2APIC mode (33), enabled (34). The id is the vCPU id.
     target: Atomic<u64>,
@@ -76,6 +79,7 @@ impl Mailbox {
                 init: Atomic::new(false),
                 sipi: Atomic::new(0),
                 present: Atomic::new(false),
+                window_cpu: Atomic::new(-1),
                 target: Atomic::new(0),
                 task <- new_spinlock!(None),
             }),
@@ -89,6 +93,21 @@ impl Mailbox {
 
     pub(crate) fn present(&self) -> bool {
         self.present.load(Acquire)
+    }
+
+    /// The vCPU's window opens on `cpu`. Ordered before the window reads
+    /// the VM's EPT generation: a memory change either sees the window
+    /// here (and interrupts it) or is seen by the window (which flushes).
+    pub(crate) fn window_opens(&self, cpu: u32) {
+        let _ = self.window_cpu.xchg(cpu as i32, Full);
+    }
+
+    pub(crate) fn window_closes(&self) {
+        self.window_cpu.store(-1, Release);
+    }
+
+    pub(crate) fn window_cpu(&self) -> Option<u32> {
+        u32::try_from(self.window_cpu.load(Acquire)).ok()
     }
 
     /// The owner publishes its local APIC's destination state.

@@ -30,7 +30,7 @@ use kernel::{
     mm::virt::VmaNew,
     new_mutex,
     prelude::*,
-    sync::{aref::ARef, atomic::Relaxed, Arc, ArcBorrow, Mutex},
+    sync::{aref::ARef, atomic::Acquire, Arc, ArcBorrow, Mutex},
     task::Task,
 };
 
@@ -394,7 +394,8 @@ impl Vcpu {
         // Cached translations to flush: another CPU ran this vCPU since (its
         // VPID-tagged entries here may be stale), or guest memory shrank.
         let cpu = cpu::CpuId::current().as_u32();
-        let generation = self.vm.ept_generation.load(Relaxed);
+        self.mailbox().window_opens(cpu);
+        let generation = self.vm.ept_generation.load(Acquire);
         if st.last_cpu != Some(cpu) || st.ept_generation != generation {
             // SAFETY: in VMX root operation (the window); rvmx requires
             // single-context INVEPT and INVVPID support (checked at load).
@@ -448,6 +449,7 @@ impl Vcpu {
         host.restore(&mut guest.msrs);
         drop(vmcs);
         drop(window);
+        self.mailbox().window_closes();
         if nmi {
             // Hand the NMI the guest was interrupted by to the host's
             // handler, through the IDT (rvmx refuses FRED hosts).

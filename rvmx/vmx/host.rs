@@ -174,15 +174,6 @@ impl VmxHost {
         Controls::new(&self.caps)
     }
 
-    /// Interrupts every online CPU and waits until each has taken the
-    /// interrupt: a vCPU in guest mode on any of them has left its VMX
-    /// window by the time this returns.
-    pub(crate) fn kick_all_cpus(&self) {
-        unsafe extern "C" fn nothing(_: *mut c_void) {}
-        // SAFETY: `nothing` does nothing with its argument.
-        unsafe { rvmx_on_each_cpu(nothing, core::ptr::null_mut()) };
-    }
-
     /// Enters and leaves VMX root operation on every online CPU, now.
     pub(crate) fn probe(&self) -> Result<ProbeReport> {
         let ncpus = self.regions.len();

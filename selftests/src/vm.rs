@@ -1,6 +1,8 @@
 //! Tests of VMs and vCPUs: fds, memory slots, and guests running in each
 //! processor mode, each exit kind.
 
+use std::sync::atomic::Ordering;
+
 use uapi::{sys, Rvmx, DEVICE_PATH};
 
 use crate::guest::{region, GuestMem, TestVm, CODE, DONE};
@@ -100,6 +102,10 @@ pub const TESTS: &[Test] = &[
     Test {
         name: "vcpu_migrates_between_cpus",
         run: vcpu_migrates_between_cpus,
+    },
+    Test {
+        name: "slot_removal_reaches_a_running_vcpu",
+        run: slot_removal_reaches_a_running_vcpu,
     },
     Test {
         name: "close_in_any_order_while_running",
@@ -687,6 +693,102 @@ pub(crate) fn set_cpu(cpu: usize) -> std::io::Result<()> {
     Ok(())
 }
 
+fn slot_removal_reaches_a_running_vcpu(_: &Ctx) -> TestResult {
+    // SAFETY: sysconf has no preconditions.
+    if unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) } < 2 {
+        return Err(Outcome::Skip(
+            "needs 2 online CPUs (scripts/lab run --cpus 2)".into(),
+        ));
+    }
+    // out 0x10, al; loop: mov rax, [0x400000]; jmp loop
+    let mut t = TestVm::long_mode(
+        0x20_0000,
+        &[
+            0xe6, 0x10, 0x48, 0x8b, 0x04, 0x25, 0, 0, 0x40, 0, 0xeb, 0xf6,
+        ],
+    )?;
+    let mut page = GuestMem::new(0x1000).ctx("mmap")?;
+    // SAFETY: `page` outlives the slot, which the test deletes.
+    unsafe {
+        t.vm.set_user_memory_region(region(1, 0x40_0000, 0x1000, page.addr(), 0))
+    }
+    .ctx("SET_USER_MEMORY_REGION slot 1")?;
+    page.write_u64(0, 0x1234);
+    expect_io(&mut t, 0x10, 1, 1, true)?;
+    // The guest now reads the slot in a loop, on CPU 1. Deleting the slot
+    // from CPU 0 must reach that CPU: afterwards its next read exits as
+    // MMIO, instead of going on through a stale translation to a page
+    // rvmx no longer holds.
+    let (vm, vcpu) = (&t.vm, &mut t.vcpu);
+    let runner_thread = std::sync::atomic::AtomicUsize::new(0);
+    let outcome = std::thread::scope(|s| {
+        let tid = &runner_thread;
+        let runner = s.spawn(move || {
+            // SAFETY: pthread_self has no preconditions.
+            tid.store(unsafe { libc::pthread_self() } as usize, Ordering::SeqCst);
+            set_cpu(1).ctx("sched_setaffinity")?;
+            vcpu.run().ctx("RVMX_RUN")?;
+            Ok::<_, Outcome>(vcpu.run_area().exit_reason)
+        });
+        set_cpu(0).ctx("sched_setaffinity")?;
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        // SAFETY: deleting a slot does not touch user memory.
+        unsafe { vm.set_user_memory_region(region(1, 0x40_0000, 0, page.addr(), 0)) }
+            .ctx("deleting slot 1")?;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while !runner.is_finished() {
+            if std::time::Instant::now() > deadline {
+                // The guest still reads memory that is gone: a signal ends
+                // its run, and the test.
+                let thread = runner_thread.load(Ordering::SeqCst) as libc::pthread_t;
+                // SAFETY: the thread is alive (not finished) and SIGUSR1
+                // has a handler (`catch_sigusr1`).
+                unsafe { libc::pthread_kill(thread, libc::SIGUSR1) };
+                let _ = runner.join();
+                return Err(Outcome::Fail(
+                    "the vCPU kept running 20 s after its slot was deleted".into(),
+                ));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        runner
+            .join()
+            .map_err(|_| Outcome::Fail("the vCPU thread panicked".into()))?
+    });
+    // Let this thread run anywhere again.
+    let _ = restore_affinity();
+    let reason = outcome?;
+    ensure!(
+        reason == sys::RVMX_EXIT_MMIO,
+        "exit {reason} after the slot was deleted, want RVMX_EXIT_MMIO"
+    );
+    let m = mmio(&mut t);
+    ensure!(
+        m.phys_addr == 0x40_0000 && m.is_write == 0,
+        "MMIO exit at {:#x} (write {}), want a read of 0x400000",
+        m.phys_addr,
+        m.is_write
+    );
+    Ok(())
+}
+
+/// Allows this thread on every online CPU again.
+fn restore_affinity() -> Result<(), ()> {
+    // SAFETY: sysconf has no preconditions.
+    let n = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) } as usize;
+    // SAFETY: a zeroed cpu_set_t is empty; CPU_SET and sched_setaffinity
+    // only read and write it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        for cpu in 0..n {
+            libc::CPU_SET(cpu, &mut set);
+        }
+        (libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) == 0)
+            .then_some(())
+            .ok_or(())
+    }
+}
+
 fn vcpu_migrates_between_cpus(_: &Ctx) -> TestResult {
     // SAFETY: sysconf has no preconditions.
     if unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) } < 2 {
@@ -717,22 +819,10 @@ fn vcpu_migrates_between_cpus(_: &Ctx) -> TestResult {
         }
         Ok(())
     })();
-    // SAFETY: sysconf has no preconditions.
-    let all =
-        (0..unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) } as usize).try_for_each(|c| {
-            // Restore the full affinity: allow every CPU again.
-            // SAFETY: as in `set_cpu`.
-            unsafe {
-                let mut set: libc::cpu_set_t = std::mem::zeroed();
-                for cpu in 0..=c {
-                    libc::CPU_SET(cpu, &mut set);
-                }
-                (libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) == 0)
-                    .then_some(())
-            }
-            .ok_or(())
-        });
-    ensure!(all.is_ok(), "restoring the CPU affinity failed");
+    ensure!(
+        restore_affinity().is_ok(),
+        "restoring the CPU affinity failed"
+    );
     result
 }
 
