@@ -5,9 +5,12 @@
 use core::ffi::{c_int, c_void};
 
 use kernel::{
-    current, new_mutex,
+    current,
+    mm::Mm,
+    new_mutex,
     prelude::*,
     sync::{
+        aref::ARef,
         atomic::{Atomic, Full, Relaxed},
         Arc, ArcBorrow, Mutex,
     },
@@ -43,9 +46,9 @@ pub(crate) struct Vm {
     pub(crate) host: Arc<VmxHost>,
     pub(crate) controls: Controls,
     /// The `mm` of the process that created the VM: VM and vCPU ioctls from
-    /// any other process fail with EIO, as in KVM. Compared, never
-    /// dereferenced.
-    mm: usize,
+    /// any other process fail with EIO, as in KVM. Held (mmgrab), so its
+    /// address cannot be another process's while the VM lives.
+    mm: ARef<Mm>,
     pub(crate) eptp: u64,
     /// Bumped after each change that removes or narrows guest mappings;
     /// a vCPU whose last flush is older runs INVEPT before entering.
@@ -68,8 +71,9 @@ pub(crate) struct Vm {
     mailboxes: KVec<Arc<Mailbox>>,
 }
 
-fn current_mm() -> usize {
-    current!().mm().map_or(0, |mm| mm.as_raw() as usize)
+/// The calling process's address space, if it has one.
+fn current_mm() -> Option<*mut kernel::bindings::mm_struct> {
+    current!().mm().map(|mm| mm.as_raw())
 }
 
 impl Vm {
@@ -83,6 +87,8 @@ impl Vm {
             );
             ENODEV
         })?;
+        // A VM belongs to a process: a kernel thread (no mm) cannot make one.
+        let mm: ARef<Mm> = current!().mm().map(|mm| ARef::from(&**mm)).ok_or(EINVAL)?;
         let memory = Memory::new()?;
         let eptp = memory.ept.eptp();
         let mut mailboxes = KVec::with_capacity(uapi::RVMX_MAX_VCPUS as usize, GFP_KERNEL)?;
@@ -93,7 +99,7 @@ impl Vm {
             try_pin_init!(Self {
                 host,
                 controls,
-                mm: current_mm(),
+                mm,
                 eptp,
                 ept_generation: Atomic::new(0),
                 user_msr_exits: Atomic::new(0),
@@ -108,7 +114,7 @@ impl Vm {
 
     /// EIO unless the caller is the process that created the VM.
     pub(crate) fn check_owner(&self) -> Result {
-        if current_mm() == self.mm {
+        if current_mm() == Some(self.mm.as_raw()) {
             Ok(())
         } else {
             Err(EIO)

@@ -24,6 +24,10 @@ pub const TESTS: &[Test] = &[
         run: memslot_rules,
     },
     Test {
+        name: "pinned_memory_counts_against_memlock",
+        run: pinned_memory_counts_against_memlock,
+    },
+    Test {
         name: "real_mode_out",
         run: real_mode_out,
     },
@@ -147,6 +151,61 @@ fn vm_and_vcpu_fds(_: &Ctx) -> TestResult {
     drop(v0);
     drop(v1);
     Ok(())
+}
+
+/// In a child that gave up root (and with it CAP_IPC_LOCK) under a 64 KiB
+/// RLIMIT_MEMLOCK: a 1 MiB slot does not fit (ENOMEM), a 32 KiB one does,
+/// and deleting it gives the room back.
+fn pinned_memory_counts_against_memlock(_: &Ctx) -> TestResult {
+    let big = GuestMem::new(0x10_0000).ctx("mmap")?;
+    // SAFETY: the child only makes system calls and exits.
+    let pid = unsafe { libc::fork() };
+    if pid == 0 {
+        // Its own VM: a VM answers only the process that made it.
+        let Ok(vm) = Rvmx::open(DEVICE_PATH).and_then(|r| r.create_vm()) else {
+            // SAFETY: leaving the child at once.
+            unsafe { libc::_exit(6) };
+        };
+        let limit = libc::rlimit {
+            rlim_cur: 0x1_0000,
+            rlim_max: 0x1_0000,
+        };
+        let slot = |n: u32, size: u64| {
+            // SAFETY: `big` stays mapped in the child until it exits.
+            unsafe { vm.set_user_memory_region(region(n, 0, size, big.addr(), 0)) }
+                .map_err(|e| e.raw_os_error())
+        };
+        // SAFETY: setrlimit and setuid change only this process.
+        let code = if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &limit) } != 0
+            || unsafe { libc::setuid(65534) } != 0
+        {
+            2
+        } else if slot(0, 0x10_0000) != Err(Some(libc::ENOMEM)) {
+            3
+        } else if slot(0, 0x8000).is_err() || slot(0, 0).is_err() {
+            4
+        } else if slot(1, 0x8000).is_err() {
+            5
+        } else {
+            0
+        };
+        // SAFETY: leaving the child at once.
+        unsafe { libc::_exit(code) };
+    }
+    ensure!(pid > 0, "fork failed");
+    let mut status = 0;
+    // SAFETY: waiting for our own child.
+    unsafe { libc::waitpid(pid, &mut status, 0) };
+    let why = match (libc::WIFEXITED(status), libc::WEXITSTATUS(status)) {
+        (true, 0) => return Ok(()),
+        (true, 2) => "setrlimit/setuid failed",
+        (true, 3) => "a 1 MiB slot under a 64 KiB RLIMIT_MEMLOCK was not refused with ENOMEM",
+        (true, 4) => "a 32 KiB slot under a 64 KiB RLIMIT_MEMLOCK failed, or its deletion",
+        (true, 5) => "deleting a slot did not give its locked memory back",
+        (true, 6) => "the child could not make a VM",
+        _ => "the child died",
+    };
+    Err(Outcome::Fail(format!("{why} (status {status:#x})")))
 }
 
 fn memslot_rules(_: &Ctx) -> TestResult {
