@@ -24,16 +24,7 @@ pub enum Op {
 }
 
 impl Op {
-    pub fn name(self) -> &'static str {
-        match self {
-            Op::Cpuid => "cpuid",
-            Op::Vmcall => "vmcall",
-            Op::Pio => "pio",
-            Op::Mmio => "mmio",
-        }
-    }
-
-    pub fn describe(self) -> &'static str {
+    pub const fn describe(self) -> &'static str {
         match self {
             Op::Cpuid => "CPUID (in-kernel exit)",
             Op::Vmcall => "VMCALL (rvmx: user, kvm: kernel)",
@@ -83,15 +74,17 @@ pub fn measure(hv: Hypervisor, op: Op, n: u64) -> Result<u64, String> {
     mem.write(CODE as usize, &code(op, n));
     labguest::identity_map(mem.bytes());
     // SAFETY: `mem` outlives `vm` (declared before it, dropped after).
-    let mut vm = unsafe { Vm::new(hv, mem.addr() as *mut u8, MEM)? };
-    vm.set_sregs(labguest::long_mode(vm.sregs()?))?;
+    // No in-kernel irqchip on KVM here: these loops take no interrupts.
+    let vm = unsafe { Vm::new(hv, mem.addr() as *mut u8, MEM, false)? };
+    let mut vcpu = vm.vcpu(0)?;
+    vcpu.set_sregs(labguest::long_mode(vcpu.sregs()?))?;
     // SAFETY: all-zero is a valid `rvmx_regs`.
     let mut regs: sys::rvmx_regs = unsafe { std::mem::zeroed() };
     (regs.rip, regs.rsp, regs.rflags) = (CODE, MEM as u64, 2);
-    vm.set_regs(regs)?;
+    vcpu.set_regs(regs)?;
     let mut result = None;
     loop {
-        let run = vm.run()?;
+        let run = vcpu.run()?;
         // SAFETY (union reads): the exit reason says which member is valid.
         match run.exit_reason {
             sys::RVMX_EXIT_IO if unsafe { run.__bindgen_anon_1.io.port } == PIO_PORT => {}

@@ -19,6 +19,7 @@ struct Numbers {
     set_memory: u32,
     create_vcpu: u32,
     run: u32,
+    get_regs: u32,
     set_regs: u32,
     get_sregs: u32,
     set_sregs: u32,
@@ -31,6 +32,7 @@ const RVMX: Numbers = Numbers {
     set_memory: sys::RVMX_SET_USER_MEMORY_REGION,
     create_vcpu: sys::RVMX_CREATE_VCPU,
     run: sys::RVMX_RUN,
+    get_regs: sys::RVMX_GET_REGS,
     set_regs: sys::RVMX_SET_REGS,
     get_sregs: sys::RVMX_GET_SREGS,
     set_sregs: sys::RVMX_SET_SREGS,
@@ -45,6 +47,7 @@ const KVM: Numbers = Numbers {
     set_memory: 0x4020_ae46,
     create_vcpu: 0xae41,
     run: 0xae80,
+    get_regs: 0x8090_ae81,
     set_regs: 0x4090_ae82,
     get_sregs: 0x8138_ae83,
     set_sregs: 0x4138_ae84,
@@ -79,20 +82,50 @@ fn ioctl<T>(fd: &impl AsRawFd, cmd: u32, arg: *mut T) -> Result<i32, String> {
     Ok(ret)
 }
 
-/// A VM with one vCPU and its run area.
+/// `_IO(0xAE, 0x60)`: KVM's in-kernel irqchip (PIC, I/O APIC and a local
+/// APIC per vCPU), made before the vCPUs. rvmx's local APICs are always in
+/// the kernel.
+const KVM_CREATE_IRQCHIP: u32 = 0xae60;
+/// CPUID.1:ECX bits KVM needs in the guest's table before it lets the
+/// guest use x2APIC mode and the TSC-deadline timer mode.
+const CPUID1_ECX_X2APIC: u32 = 1 << 21;
+const CPUID1_ECX_TSC_DEADLINE: u32 = 1 << 24;
+
+/// A VM on either hypervisor, with its memory in one slot at
+/// guest-physical 0.
 pub struct Vm {
+    hv: Hypervisor,
     nums: &'static Numbers,
-    _vm: OwnedFd,
-    vcpu: OwnedFd,
+    dev: std::fs::File,
+    vm: OwnedFd,
+}
+
+/// One vCPU and its run area. `Send`: a vCPU thread may own it.
+pub struct Vcpu {
+    nums: &'static Numbers,
+    fd: OwnedFd,
     run: *mut sys::rvmx_run,
     run_len: usize,
 }
 
+// SAFETY: the run area is a shared mapping owned by this value alone; the
+// fd and the mapping may be used from any thread.
+unsafe impl Send for Vcpu {}
+
 impl Vm {
+    /// A VM with `len` bytes at `mem` as its memory. `irqchip`: on KVM,
+    /// create the in-kernel irqchip, so that the vCPUs have local APICs
+    /// (rvmx always has them).
+    ///
     /// # Safety
     ///
     /// `mem` must point to `len` bytes that outlive the VM.
-    pub unsafe fn new(hv: Hypervisor, mem: *mut u8, len: usize) -> Result<Self, String> {
+    pub unsafe fn new(
+        hv: Hypervisor,
+        mem: *mut u8,
+        len: usize,
+        irqchip: bool,
+    ) -> Result<Self, String> {
         let nums = match hv {
             Hypervisor::Rvmx => &RVMX,
             Hypervisor::Kvm => &KVM,
@@ -102,13 +135,16 @@ impl Vm {
             .write(true)
             .open(nums.device)
             .map_err(|e| format!("{}: {e}", nums.device))?;
-        let run_len = ioctl(&dev, nums.mmap_size, std::ptr::null_mut::<u8>())? as usize;
         // SAFETY: fds returned by the kernel are ours.
         let vm = unsafe {
             OwnedFd::from_raw_fd(ioctl(&dev, nums.create_vm, std::ptr::null_mut::<u8>())?)
         };
         if let Hypervisor::Kvm = hv {
             ioctl(&vm, KVM_SET_TSS_ADDR, 0xfffb_d000usize as *mut u8)?;
+            if irqchip {
+                ioctl(&vm, KVM_CREATE_IRQCHIP, std::ptr::null_mut::<u8>())
+                    .map_err(|e| format!("KVM_CREATE_IRQCHIP: {e}"))?;
+            }
         }
         let mut region = sys::rvmx_userspace_memory_region {
             slot: 0,
@@ -118,18 +154,32 @@ impl Vm {
             userspace_addr: mem as u64,
         };
         ioctl(&vm, nums.set_memory, &mut region)?;
-        // SAFETY: as above.
-        let vcpu = unsafe {
-            OwnedFd::from_raw_fd(ioctl(&vm, nums.create_vcpu, std::ptr::null_mut::<u8>())?)
+        Ok(Self { hv, nums, dev, vm })
+    }
+
+    /// Creates vCPU `id` (0 is the bootstrap processor; the others wait
+    /// for INIT and SIPI where the local APIC is in the kernel).
+    pub fn vcpu(&self, id: u32) -> Result<Vcpu, String> {
+        let nums = self.nums;
+        let run_len = ioctl(&self.dev, nums.mmap_size, std::ptr::null_mut::<u8>())? as usize;
+        // SAFETY: fds returned by the kernel are ours.
+        let fd = unsafe {
+            OwnedFd::from_raw_fd(ioctl(&self.vm, nums.create_vcpu, id as usize as *mut u8)?)
         };
-        if let Hypervisor::Kvm = hv {
-            let mut cpuid = KvmCpuid {
+        if let Hypervisor::Kvm = self.hv {
+            let mut cpuid = Box::new(KvmCpuid {
                 nent: 256,
                 padding: 0,
                 entries: [[0; 10]; 256],
-            };
-            ioctl(&dev, KVM_GET_SUPPORTED_CPUID, &mut cpuid)?;
-            ioctl(&vcpu, KVM_SET_CPUID2, &mut cpuid)?;
+            });
+            ioctl(&self.dev, KVM_GET_SUPPORTED_CPUID, &mut *cpuid)?;
+            // entry: function, index, flags, eax, ebx, ecx, edx, padding.
+            for e in cpuid.entries.iter_mut().take(cpuid.nent as usize) {
+                if e[0] == 1 {
+                    e[5] |= CPUID1_ECX_X2APIC | CPUID1_ECX_TSC_DEADLINE;
+                }
+            }
+            ioctl(&fd, KVM_SET_CPUID2, &mut *cpuid)?;
         }
         // SAFETY: shared mapping of the vCPU's run area; checked below.
         let run = unsafe {
@@ -138,7 +188,7 @@ impl Vm {
                 run_len,
                 libc::PROT_READ | libc::PROT_WRITE,
                 libc::MAP_SHARED,
-                vcpu.as_raw_fd(),
+                fd.as_raw_fd(),
                 0,
             )
         };
@@ -148,41 +198,62 @@ impl Vm {
                 std::io::Error::last_os_error()
             ));
         }
-        Ok(Self {
+        Ok(Vcpu {
             nums,
-            _vm: vm,
-            vcpu,
+            fd,
             run: run.cast(),
             run_len,
         })
     }
+}
 
+impl Vcpu {
     pub fn sregs(&self) -> Result<sys::rvmx_sregs, String> {
         // SAFETY: all-zero is a valid `rvmx_sregs`.
         let mut s: sys::rvmx_sregs = unsafe { std::mem::zeroed() };
-        ioctl(&self.vcpu, self.nums.get_sregs, &mut s)?;
+        ioctl(&self.fd, self.nums.get_sregs, &mut s)?;
         Ok(s)
     }
 
     pub fn set_sregs(&self, mut s: sys::rvmx_sregs) -> Result<(), String> {
-        ioctl(&self.vcpu, self.nums.set_sregs, &mut s).map(drop)
+        ioctl(&self.fd, self.nums.set_sregs, &mut s).map(drop)
+    }
+
+    pub fn regs(&self) -> Result<sys::rvmx_regs, String> {
+        // SAFETY: all-zero is a valid `rvmx_regs`.
+        let mut r: sys::rvmx_regs = unsafe { std::mem::zeroed() };
+        ioctl(&self.fd, self.nums.get_regs, &mut r)?;
+        Ok(r)
     }
 
     pub fn set_regs(&self, mut r: sys::rvmx_regs) -> Result<(), String> {
-        ioctl(&self.vcpu, self.nums.set_regs, &mut r).map(drop)
+        ioctl(&self.fd, self.nums.set_regs, &mut r).map(drop)
     }
 
     /// Runs to the next exit for user space and returns the run area.
+    /// KVM_RUN of an application processor that is waiting for SIPI
+    /// returns EAGAIN once INIT (or SIPI) arrived: run it again, as QEMU
+    /// does (rvmx's RUN sleeps through INIT until the SIPI).
     pub fn run(&mut self) -> Result<&mut sys::rvmx_run, String> {
-        ioctl(&self.vcpu, self.nums.run, std::ptr::null_mut::<u8>())?;
+        loop {
+            // SAFETY: KVM_RUN / RVMX_RUN take no argument.
+            let ret = unsafe { libc::ioctl(self.fd.as_raw_fd(), self.nums.run as _, 0usize) };
+            if ret >= 0 {
+                break;
+            }
+            let e = std::io::Error::last_os_error();
+            if e.raw_os_error() != Some(libc::EAGAIN) {
+                return Err(format!("ioctl {:#x}: {e}", self.nums.run));
+            }
+        }
         // SAFETY: the mapping is live and at least one `rvmx_run` long.
         Ok(unsafe { &mut *self.run })
     }
 }
 
-impl Drop for Vm {
+impl Drop for Vcpu {
     fn drop(&mut self) {
-        // SAFETY: the mapping made in `new`.
+        // SAFETY: the mapping made in `Vm::vcpu`.
         unsafe { libc::munmap(self.run.cast(), self.run_len) };
     }
 }

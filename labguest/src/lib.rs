@@ -1,7 +1,12 @@
 //! Small test guests for the selftests and the benchmark: page-aligned
 //! guest memory, identity-mapped page tables, and flat segments for 32-bit
 //! protected and 64-bit long mode, as `rvmx_sregs` (which is also KVM's
-//! `kvm_sregs` layout).
+//! `kvm_sregs` layout); a GDT and an IDT with one stub per vector for
+//! long-mode guests that take interrupts; and (in `asm`) the macros that
+//! assemble guest code into the binary, with the x2APIC snippets both use.
+
+mod asm;
+pub use asm::blob;
 
 use std::io;
 
@@ -136,5 +141,56 @@ pub fn long_mode(s: rvmx_sregs) -> rvmx_sregs {
     s.cr4 = 1 << 5; // PAE
     s.cr0 = 0x8000_0031; // PG, NE, ET, PE
     s.efer = (1 << 8) | (1 << 10); // LME, LMA (KVM insists on both)
+    s
+}
+
+/// Where `write_idt` puts its GDT (null, 64-bit code at 0x8, data at 0x10).
+pub const GDT: u64 = 0x2000;
+/// The quadword the interrupt stubs jump through: the guest stores its
+/// handler's address here (`set_handler!`).
+pub const HANDLER_PTR: u64 = 0x2f00;
+/// The IDT: 256 64-bit interrupt gates.
+pub const IDT: u64 = 0x3000;
+/// One 16-byte stub per vector: `push rax; push rcx; push rdx; mov eax,
+/// vector; jmp [HANDLER_PTR]`.
+pub const STUBS: u64 = 0x4000;
+const GDT_ENTRIES: [u64; 4] = [0, 0x0020_9a00_0000_0000, 0x00cf_9200_0000_ffff, 0];
+
+/// Writes into `mem` (guest memory from guest-physical 0) a GDT at `GDT`
+/// and an IDT at `IDT` whose gate for each vector goes to its stub at
+/// `STUBS + 16 * vector`. The stub saves RAX, RCX and RDX, puts the vector
+/// in EAX and jumps to the handler whose address the guest stored at
+/// `HANDLER_PTR`. So the handler finds, from RSP up: RDX, RCX, RAX, [the
+/// error code,] RIP, CS, RFLAGS, RSP, SS; it ends with `iret64!()` (`pop
+/// rdx; pop rcx; pop rax; iretq`). Load them with `idt_sregs`.
+pub fn write_idt(mem: &mut [u8]) {
+    let mut put = |at: u64, data: &[u8]| {
+        let at = at as usize;
+        if let Some(slot) = mem.get_mut(at..at + data.len()) {
+            slot.copy_from_slice(data);
+        }
+    };
+    for (i, d) in GDT_ENTRIES.iter().enumerate() {
+        put(GDT + 8 * i as u64, &d.to_le_bytes());
+    }
+    for v in 0..256u64 {
+        let stub = STUBS + v * 16;
+        let mut bytes = vec![0x50, 0x51, 0x52, 0xb8, v as u8, 0, 0, 0, 0xff, 0x24, 0x25];
+        bytes.extend_from_slice(&(HANDLER_PTR as u32).to_le_bytes());
+        bytes.push(0x90);
+        put(stub, &bytes);
+        let gate_lo = (stub & 0xffff)
+            | (0x8 << 16)
+            | (0x8e << 40) // present, DPL 0, 64-bit interrupt gate
+            | (((stub >> 16) & 0xffff) << 48);
+        put(IDT + v * 16, &gate_lo.to_le_bytes());
+        put(IDT + v * 16 + 8, &(stub >> 32).to_le_bytes());
+    }
+}
+
+/// `s` with GDTR and IDTR pointing at `write_idt`'s tables.
+pub fn idt_sregs(mut s: rvmx_sregs) -> rvmx_sregs {
+    (s.gdt.base, s.gdt.limit) = (GDT, (GDT_ENTRIES.len() * 8 - 1) as u16);
+    (s.idt.base, s.idt.limit) = (IDT, 256 * 16 - 1);
     s
 }

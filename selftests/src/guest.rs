@@ -144,47 +144,14 @@ impl TestVm {
     }
 }
 
-/// Where `TestVm::long_mode_idt` puts its GDT (null, 64-bit code at 0x8,
-/// data at 0x10).
-pub const GDT: u64 = 0x2000;
-/// The quadword the interrupt stubs jump through: the guest stores its
-/// handler's address here.
-pub const HANDLER_PTR: u64 = 0x2f00;
-/// The IDT: 256 64-bit interrupt gates.
-pub const IDT: u64 = 0x3000;
-/// One 16-byte stub per vector: `push rax; push rcx; push rdx; mov eax,
-/// vector; jmp [HANDLER_PTR]`.
-pub const STUBS: u64 = 0x4000;
-
 impl TestVm {
-    /// `long_mode` with a GDT and an IDT whose gate for each vector goes to
-    /// its stub at `STUBS + 16 * vector`. The stub saves RAX, RCX and RDX,
-    /// puts the vector in EAX and jumps to the handler whose address the
-    /// guest stored at `HANDLER_PTR`. So the handler finds, from RSP up:
-    /// RDX, RCX, RAX, [the error code,] RIP, CS, RFLAGS, RSP, SS; it ends
-    /// with `pop rdx; pop rcx; pop rax; iretq`.
+    /// `long_mode` with `labguest::write_idt`'s GDT and IDT: each vector's
+    /// stub saves RAX, RCX and RDX, puts the vector in EAX and jumps to the
+    /// handler whose address the guest stored at `labguest::HANDLER_PTR`.
     pub fn long_mode_idt(mem_size: usize, code: &[u8]) -> Result<Self, Outcome> {
         let mut t = Self::long_mode(mem_size, code)?;
-        let gdt = [0u64, 0x0020_9a00_0000_0000, 0x00cf_9200_0000_ffff, 0];
-        for (i, d) in gdt.iter().enumerate() {
-            t.mem.write_u64(GDT as usize + 8 * i, *d);
-        }
-        for v in 0..256u64 {
-            let stub = STUBS + v * 16;
-            let mut bytes = vec![0x50, 0x51, 0x52, 0xb8, v as u8, 0, 0, 0, 0xff, 0x24, 0x25];
-            bytes.extend_from_slice(&(HANDLER_PTR as u32).to_le_bytes());
-            bytes.push(0x90);
-            t.mem.write(stub as usize, &bytes);
-            let gate_lo = (stub & 0xffff)
-                | (0x8 << 16)
-                | (0x8e << 40) // present, DPL 0, 64-bit interrupt gate
-                | (((stub >> 16) & 0xffff) << 48);
-            t.mem.write_u64((IDT + v * 16) as usize, gate_lo);
-            t.mem.write_u64((IDT + v * 16 + 8) as usize, stub >> 32);
-        }
-        let mut s = t.vcpu.sregs().ctx("GET_SREGS")?;
-        (s.gdt.base, s.gdt.limit) = (GDT, (gdt.len() * 8 - 1) as u16);
-        (s.idt.base, s.idt.limit) = (IDT, 256 * 16 - 1);
+        labguest::write_idt(t.mem.bytes());
+        let s = labguest::idt_sregs(t.vcpu.sregs().ctx("GET_SREGS")?);
         t.vcpu.set_sregs(&s).ctx("SET_SREGS")?;
         Ok(t)
     }

@@ -24,6 +24,7 @@ use crate::guest::{TestVm, CODE, DONE_PORT};
 use crate::ktap::{Context, Outcome, Test, TestResult};
 use crate::vm::{catch_sigusr1, expect_eintr, expect_err, set_cpu};
 use crate::{ensure, Ctx};
+use labguest::{code, eoi, guest, iret64, rdtsc64, set_handler, x2apic_on};
 
 pub const TESTS: &[Test] = &[
     Test {
@@ -122,99 +123,9 @@ pub const TESTS: &[Test] = &[
 
 // ---- Guest code -----------------------------------------------------------
 
-/// Assembles a guest blob into this binary: `$name` labels a header (the
-/// length, then padding) followed by the code, in its own section so that
-/// `.balign` inside it is relative to the code's start. Labels must be
-/// unique in the whole file: each blob prefixes its own with its name.
-/// `<name>_s` is the first byte of the code, for label offsets in 16- and
-/// 32-bit code (64-bit code uses RIP-relative addresses).
-macro_rules! guest {
-    ($name:ident, $($asm:expr),* $(,)?) => {
-        core::arch::global_asm!(
-            concat!(".pushsection .rodata.rvmx_guest.", stringify!($name), ",\"a\",@progbits"),
-            ".balign 16",
-            concat!(".globl ", stringify!($name)),
-            concat!(".hidden ", stringify!($name)),
-            concat!(stringify!($name), ":"),
-            concat!(".quad ", stringify!($name), "_e - ", stringify!($name), "_s, 0"),
-            concat!(stringify!($name), "_s:"),
-            $($asm,)*
-            concat!(stringify!($name), "_e:"),
-            ".code64",
-            ".popsection",
-        );
-    };
-}
-
-/// The bytes of a `guest!` blob.
-macro_rules! code {
-    ($name:ident) => {
-        // SAFETY: `$name` is a header `guest!` assembled: the length, 8
-        // bytes of padding, then that many bytes of code, all read-only.
-        unsafe { blob(std::ptr::addr_of!($name)) }
-    };
-}
-
-/// # Safety
-/// `header` must be the header of a `guest!` blob.
-unsafe fn blob(header: *const u64) -> &'static [u8] {
-    std::slice::from_raw_parts(header.add(2).cast::<u8>(), *header as usize)
-}
-
-/// IA32_APIC_BASE |= EN | EXTD (x2APIC mode), then SVR = 0x1ff (software
-/// enabled, spurious vector 0xff).
-macro_rules! x2apic_on {
-    () => {
-        "mov ecx, 0x1b
-        rdmsr
-        or eax, 0xc00
-        wrmsr
-        mov ecx, 0x80f
-        mov eax, 0x1ff
-        xor edx, edx
-        wrmsr"
-    };
-}
-
-/// x2APIC EOI (clobbers RAX, RCX, RDX).
-macro_rules! eoi {
-    () => {
-        "mov ecx, 0x80b
-        xor eax, eax
-        xor edx, edx
-        wrmsr"
-    };
-}
-
-/// The end of a handler entered through a `long_mode_idt` stub.
-macro_rules! iret64 {
-    () => {
-        "pop rdx
-        pop rcx
-        pop rax
-        iretq"
-    };
-}
-
-/// RAX = the full TSC (clobbers RDX).
-macro_rules! rdtsc64 {
-    () => {
-        "rdtsc
-        shl rdx, 32
-        or rax, rdx"
-    };
-}
-
-/// Stores the address of `$label` where the stubs jump through.
-macro_rules! set_handler {
-    ($label:ident) => {
-        concat!(
-            "lea rax, [rip + ",
-            stringify!($label),
-            "]\nmov qword ptr [0x2f00], rax"
-        )
-    };
-}
+// The guest-assembly macros (`guest!`, `code!`, `x2apic_on!`, `eoi!`,
+// `iret64!`, `rdtsc64!`, `set_handler!`) live in labguest, shared with the
+// benchmark.
 
 // Writes 15 to CR8 (the highest TPR class), reports what CR8 reads back,
 // then spins with IF=0.
@@ -826,29 +737,6 @@ guest!(
     eoi!(),
     iret64!(),
 );
-
-extern "C" {
-    static G_X32: u64;
-    static G_DIS: u64;
-    static G_CR8: u64;
-    static G_XS: u64;
-    static G_PRIV: u64;
-    static G_RST: u64;
-    static G_MSI: u64;
-    static G_TPR: u64;
-    static G_NEST: u64;
-    static G_WIN: u64;
-    static G_SELF: u64;
-    static G_TM: u64;
-    static G_HM: u64;
-    static G_HS: u64;
-    static G_BSP1: u64;
-    static G_AP1: u64;
-    static G_BSP2: u64;
-    static G_AP2: u64;
-    static G_MV: u64;
-    static G_LV: u64;
-}
 
 /// Guest memory of the tests here: 2 MiB from guest-physical 0.
 const MEM: usize = 0x20_0000;
