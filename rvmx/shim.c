@@ -24,6 +24,7 @@ void rvmx_prepare_to_sleep(void);
 void rvmx_cancel_sleep(void);
 void rvmx_sleep_until(u64 deadline_ns);
 u64 rvmx_ktime_ns(void);
+bool rvmx_need_resched(void);
 void rvmx_invalidate_tss_limit(void);
 
 phys_addr_t rvmx_page_to_phys(struct page *page)
@@ -99,6 +100,12 @@ void rvmx_sleep_until(u64 deadline_ns)
 u64 rvmx_ktime_ns(void)
 {
 	return ktime_get_ns();
+}
+
+/* Whether the scheduler wants this CPU for another task (halt polling). */
+bool rvmx_need_resched(void)
+{
+	return need_resched();
 }
 
 /*

@@ -8,6 +8,13 @@
 //! Senders post to the mailbox first and wake the thread after, and the
 //! thread marks itself sleeping before it looks at the mailbox, so a wake-up
 //! between the look and the sleep is never lost.
+//!
+//! Before sleeping, a halted vCPU polls for a short while (as KVM's halt
+//! polling does): a wake-up that comes within it costs no trip through the
+//! scheduler. It polls up to `POLL_US`, or until its timer if that is due
+//! within `TIMER_POLL_US`, and never while the host wants the CPU.
+
+use crate::vmx::instr;
 
 use super::{entry, Guest, MpState, Vcpu};
 
@@ -16,6 +23,67 @@ extern "C" {
     fn rvmx_sleep_until(deadline_ns: u64);
     fn rvmx_cancel_sleep();
     fn rvmx_ktime_ns() -> u64;
+    fn rvmx_need_resched() -> bool;
+}
+
+/// How long a halted vCPU polls for an event before it sleeps.
+const POLL_US: u64 = 20;
+/// A timer due within this is waited for on the CPU.
+const TIMER_POLL_US: u64 = 100;
+
+/// The host TSC ticks in `us` microseconds.
+fn tsc_ticks(us: u64) -> u64 {
+    // SAFETY: `tsc_khz` is set during boot, before modules load.
+    u64::from(unsafe { kernel::bindings::tsc_khz }).saturating_mul(us) / 1000
+}
+
+/// Whether the vCPU can run now, after taking what was posted and firing
+/// its timer; makes a halted one runnable when an event wakes it.
+fn wakes(vcpu: &Vcpu, g: &mut Guest, interrupts_enabled: bool) -> bool {
+    entry::fold_posted(vcpu.mailbox(), g);
+    entry::run_timer(g);
+    match g.mp {
+        MpState::Runnable => true,
+        MpState::Halted if entry::halt_wakes(g, interrupts_enabled) => {
+            g.mp = MpState::Runnable;
+            true
+        }
+        _ => false,
+    }
+}
+
+fn interrupted(vcpu: &Vcpu) -> bool {
+    vcpu.run.immediate_exit() || kernel::current!().signal_pending()
+}
+
+/// Polls a halted vCPU for up to `POLL_US`, or until a timer due within
+/// `TIMER_POLL_US`; `Some` if that ended the halt (or the VMM wants the
+/// thread), `None` to go to sleep.
+fn poll(vcpu: &Vcpu, g: &mut Guest, interrupts_enabled: bool) -> Option<Woken> {
+    if g.mp != MpState::Halted {
+        return None;
+    }
+    let now = instr::rdtsc();
+    let mut until = now.saturating_add(tsc_ticks(POLL_US));
+    if let Some(d) = g.lapic.timer_deadline() {
+        let left = d.saturating_sub(now.wrapping_add(g.tsc_offset));
+        if left <= tsc_ticks(TIMER_POLL_US) {
+            until = until.max(now.saturating_add(left));
+        }
+    }
+    loop {
+        if wakes(vcpu, g, interrupts_enabled) {
+            return Some(Woken::Runnable);
+        }
+        if interrupted(vcpu) {
+            return Some(Woken::Interrupted);
+        }
+        // SAFETY: reading the current task's flag has no preconditions.
+        if instr::rdtsc() >= until || unsafe { rvmx_need_resched() } {
+            return None;
+        }
+        core::hint::spin_loop();
+    }
 }
 
 /// Why the sleep ended.
@@ -43,26 +111,19 @@ fn tsc_to_ktime(g: &Guest, deadline: u64) -> u64 {
 /// Sleeps until the vCPU is runnable or interrupted. `interrupts_enabled`
 /// is the guest's RFLAGS.IF at its HLT.
 pub(super) fn wait(vcpu: &Vcpu, g: &mut Guest, interrupts_enabled: bool) -> Woken {
+    if let Some(woken) = poll(vcpu, g, interrupts_enabled) {
+        return woken;
+    }
     loop {
         // SAFETY: process context (the RUN ioctl); undone by
         // `rvmx_cancel_sleep` or by the sleep itself.
         unsafe { rvmx_prepare_to_sleep() };
-        entry::fold_posted(vcpu.mailbox(), g);
-        entry::run_timer(g);
-        let runnable = match g.mp {
-            MpState::Runnable => true,
-            MpState::Halted if entry::halt_wakes(g, interrupts_enabled) => {
-                g.mp = MpState::Runnable;
-                true
-            }
-            _ => false,
-        };
-        if runnable {
+        if wakes(vcpu, g, interrupts_enabled) {
             // SAFETY: undoes `rvmx_prepare_to_sleep` above.
             unsafe { rvmx_cancel_sleep() };
             return Woken::Runnable;
         }
-        if vcpu.run.immediate_exit() || kernel::current!().signal_pending() {
+        if interrupted(vcpu) {
             // SAFETY: as above.
             unsafe { rvmx_cancel_sleep() };
             return Woken::Interrupted;
