@@ -51,22 +51,32 @@ impl<'w> CurrentVmcs<'w> {
     where
         F::Value: TryFrom<u64> + Default,
     {
-        // SAFETY: this VMCS is current (type invariant). A field the CPU does
-        // not support reads as 0; rvmx only uses fields of its controls.
-        let raw = unsafe { instr::vmread(field.encoding()) }.unwrap_or(0);
-        F::Value::try_from(raw).unwrap_or_default()
+        let encoding = field.encoding();
+        // SAFETY: this VMCS is current (type invariant).
+        match unsafe { instr::vmread(encoding) } {
+            Ok(raw) => F::Value::try_from(raw).unwrap_or_default(),
+            // rvmx reads only fields its controls give the VMCS: a failure
+            // is a bug in rvmx, said once, and reads as 0.
+            Err(e) => {
+                kernel::pr_warn_once!("VMREAD of field {encoding:#x} failed ({e:?})\n");
+                F::Value::default()
+            }
+        }
     }
 
     pub(crate) fn write<F: Writable>(&self, field: F, value: F::Value)
     where
         F::Value: Into<u64>,
     {
+        let encoding = field.encoding();
         // SAFETY: this VMCS is current (type invariant). Host-state fields
         // are written only with the values of this CPU and thread (see
         // `vcpu::host`), so returning to them after an exit is safe.
-        // A failed VMWRITE (unsupported field) leaves the field unchanged
-        // and VM entry then reports the inconsistency.
-        let _ = unsafe { instr::vmwrite(field.encoding(), value.into()) };
+        if let Err(e) = unsafe { instr::vmwrite(encoding, value.into()) } {
+            // An unsupported field: a bug in rvmx, said once. The field
+            // keeps its value and VM entry reports any inconsistency.
+            kernel::pr_warn_once!("VMWRITE of field {encoding:#x} failed ({e:?})\n");
+        }
     }
 }
 
