@@ -23,7 +23,7 @@ mod xsetbv;
 use crate::{
     arch::rflags,
     uapi,
-    vcpu::{self, entry::Event, regs::RAX, Guest, MpState, Vcpu},
+    vcpu::{self, entry::Event, Guest, MpState, Vcpu},
     vmx::{
         current::CurrentVmcs,
         instr,
@@ -197,14 +197,7 @@ pub(crate) fn handle(
             Action::User
         }
         Reason::Cpuid => {
-            let (leaf, sub) = (g.regs.gpr[RAX] as u32, g.regs.gpr[vcpu::regs::RCX] as u32);
-            let out = g.cpuid.lookup(leaf, sub, vcpu.id);
-            for (reg, value) in [RAX, vcpu::regs::RBX, vcpu::regs::RCX, vcpu::regs::RDX]
-                .into_iter()
-                .zip(out)
-            {
-                g.regs.gpr[reg] = u64::from(value);
-            }
+            g.cpuid_instruction(vcpu.id);
             skip_instruction(vmcs);
             Action::Resume
         }

@@ -11,6 +11,8 @@ use kernel::{
 
 use crate::{exit::cpuid, uapi, vmx::instr};
 
+use super::regs::{RAX, RBX, RCX, RDX};
+
 /// `struct rvmx_cpuid`'s header: nent and padding.
 const HEADER: usize = 8;
 const ENTRY: usize = size_of::<uapi::rvmx_cpuid_entry>();
@@ -24,6 +26,18 @@ fn host(leaf: u32, subleaf: u32) -> [u32; 4] {
 fn tsc_khz() -> u32 {
     // SAFETY: `tsc_khz` is set during boot, before modules load.
     unsafe { kernel::bindings::tsc_khz }
+}
+
+impl super::Guest {
+    /// The guest's CPUID: EAX/ECX select the leaf, EAX-EDX get the table's
+    /// values (the host's, filtered, until the VMM sets a table).
+    pub(crate) fn cpuid_instruction(&mut self, vcpu_id: u32) {
+        let r = &mut self.regs.gpr;
+        let out = self.cpuid.lookup(r[RAX] as u32, r[RCX] as u32, vcpu_id);
+        for (reg, value) in [RAX, RBX, RCX, RDX].into_iter().zip(out) {
+            r[reg] = u64::from(value);
+        }
+    }
 }
 
 pub(crate) struct CpuidTable {
