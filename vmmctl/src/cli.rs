@@ -73,7 +73,7 @@ pub struct RunArgs {
     #[arg(long, value_name = "SIZE", default_value = "256M", value_parser = parse_size)]
     pub mem: u64,
 
-    /// Number of vCPUs (1 to 32).
+    /// Number of vCPUs (1 to 32; rvmx runs at most 8 per VM).
     #[arg(long, value_name = "N", default_value_t = 1,
           value_parser = clap::value_parser!(u8).range(1..=32))]
     pub cpus: u8,

@@ -121,6 +121,13 @@ impl Vm for RvmxVm {
     }
 
     fn create_vcpu(&self, id: u8) -> Result<Box<dyn Vcpu>> {
+        if u32::from(id) >= sys::RVMX_MAX_VCPUS {
+            bail!(
+                "rvmx runs at most {} vCPUs per VM: use --cpus {} or fewer",
+                sys::RVMX_MAX_VCPUS,
+                sys::RVMX_MAX_VCPUS
+            );
+        }
         let mut fd = self
             .fd
             .create_vcpu(u32::from(id))
