@@ -12,9 +12,9 @@ use crate::{
 /// Carries out `effect`. An exit it needs (the EOI of a level-triggered
 /// interrupt) is reported by the next pre-entry step, once RIP is past the
 /// instruction: a VMM that saves the vCPU there sees it complete.
+/// (LDR, DFR and SVR changes reach other senders through the mailbox when
+/// the pre-entry step publishes the APIC's target, before the next entry.)
 pub(crate) fn apply(vcpu: &Vcpu, g: &mut Guest, effect: Effect) {
-    // ID, LDR, DFR and the mode are what other senders match against.
-    vcpu.mailbox().publish_target(&g.lapic.target());
     match effect {
         Effect::None => {}
         // Even a message for this vCPU goes through its mailbox: the next

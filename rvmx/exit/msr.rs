@@ -221,8 +221,11 @@ pub(super) fn wrmsr(vcpu: &Vcpu, vmcs: &CurrentVmcs<'_>, g: &mut Guest) -> Actio
         // The window runs with the guest's values of these loaded: the
         // new one takes effect now (and is what the window's end saves).
         // SAFETY: in the run loop's window, whose end restores the host's
-        // values; `write` checked the value as the processor would.
-        unsafe { instr::wrmsr(msr, value) };
+        // values; `write` checked the value as the processor would, and a
+        // value it refuses anyway faults into the fixup, not the host.
+        if unsafe { instr::try_wrmsr(msr, value) }.is_err() {
+            return raise(g, Event::gp());
+        }
     }
     skip_instruction(vmcs);
     Action::Resume
