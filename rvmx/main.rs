@@ -34,8 +34,8 @@ module! {
     license: "GPL",
     params: {
         apicv: bool {
-            default: true,
-            description: "Use the CPU's APIC virtualization (TPR shadow, APIC-register virtualization, virtual-interrupt delivery, x2APIC virtualization) where it has it; 0 emulates every APIC access",
+            default: false,
+            description: "1: use the CPU's APIC virtualization (TPR shadow, APIC-register virtualization, virtual-interrupt delivery, x2APIC virtualization) where it has it. Experimental: a Linux guest can stall with it (docs/design.md). 0 (default): emulate every APIC access",
         },
     },
 }
