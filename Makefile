@@ -9,7 +9,12 @@
 # KDIR=<tree> builds rvmx.ko against another Rust-enabled 7.x kernel tree
 # (default: the lab's test kernel, built and cached by scripts/build-kernel);
 # KBUILD_ARGS then says how that tree was built, e.g. KBUILD_ARGS=LLVM=1.
-export KDIR KBUILD_ARGS
+# DISTRO=debian-7.3 builds build/debian-7.3/rvmx.ko for Debian 13's own
+# 7.3.4+deb13-amd64 kernel instead (scripts/build-distro; needs root).
+#
+#   make check-debian   the same rvmx.ko and the lab suites on Debian 13's
+#                       unmodified kernel (scripts/check --kernel debian)
+export KDIR KBUILD_ARGS DISTRO
 
 CARGO ?= /usr/bin/cargo
 RUSTC ?= /usr/bin/rustc
@@ -18,7 +23,7 @@ TARGET := x86_64-unknown-linux-gnu
 CARGO_STATIC := RUSTC=$(RUSTC) RUSTFLAGS="-C target-feature=+crt-static" \
 	$(CARGO) build --release --locked --target $(TARGET)
 
-.PHONY: all setup module userspace guest check demo bench clean
+.PHONY: all setup module userspace guest check check-debian demo bench clean
 
 all: module userspace guest
 
@@ -43,6 +48,9 @@ guest: userspace
 
 check: all
 	@scripts/check
+
+check-debian: all
+	@scripts/check --kernel debian
 
 demo: all
 	@scripts/lab run --cpus 2 --add build/guest/initramfs.cpio.gz:/guest/test-initramfs.cpio.gz \

@@ -63,7 +63,9 @@ pub(crate) fn check(req: &Region, existing: &[Region]) -> Result<Change, Refusal
     if req.size == 0 {
         return current.map(|_| Change::Delete).ok_or(Refusal::Invalid);
     }
-    let aligned = (req.gpa | req.size | req.uaddr).is_multiple_of(PAGE_SIZE);
+    // A mask, not `is_multiple_of`: that is unstable in rustc 1.85, which
+    // Debian 13's kernel is built with.
+    let aligned = (req.gpa | req.size | req.uaddr) & (PAGE_SIZE - 1) == 0;
     let gpa_end = req.gpa.checked_add(req.size);
     let user_end = req.uaddr.checked_add(req.size);
     if !aligned
