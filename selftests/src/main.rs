@@ -9,10 +9,12 @@
 
 mod device;
 mod guest;
+mod hostile;
 mod ioctl;
 mod irq;
 mod kmod;
 mod ktap;
+mod lifecycle;
 mod module;
 mod vm;
 
@@ -53,7 +55,9 @@ fn main() -> ExitCode {
         .iter()
         .chain(vm::TESTS)
         .chain(irq::TESTS)
+        .chain(hostile::TESTS)
         .chain(module::TESTS)
+        .chain(lifecycle::TESTS)
         .filter(|t| filter.as_deref().is_none_or(|f| t.name.contains(f)))
         .map(|t| ktap::Test {
             name: t.name,
