@@ -145,7 +145,7 @@ fn main() -> ExitCode {
                 break;
             }
             w.step();
-            if args.race_every != 0 && w.at.op % args.race_every == 0 {
+            if args.race_every != 0 && w.at.op.is_multiple_of(args.race_every) {
                 let mut rng = w.rng.fork();
                 race::race(&mut rng, &w.at, &mut w.scratch);
                 races += 1;

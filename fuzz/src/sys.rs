@@ -279,7 +279,7 @@ pub fn watch_for_hangs(limit: Duration) {
     std::thread::spawn(move || loop {
         std::thread::sleep(Duration::from_millis(500));
         let now = now_ms();
-        let stuck = RUNNING.lock().map_or(false, |r| {
+        let stuck = RUNNING.lock().is_ok_and(|r| {
             r.iter().any(|s| {
                 let t = s.load(Ordering::SeqCst);
                 t != 0 && now.saturating_sub(t) > limit.as_millis() as u64
