@@ -136,6 +136,7 @@ fn main() -> ExitCode {
     let started = Instant::now();
     let mut epoch = 0u64;
     let (mut races, mut exits) = (0u64, 0u64);
+    let mut shown = 0u64;
     while stats::calls() < args.calls {
         // A fresh world every 2000 operations, from a seed derived from
         // the run's.
@@ -145,6 +146,15 @@ fn main() -> ExitCode {
                 break;
             }
             w.step();
+            if stats::calls() / 5000 > shown {
+                shown = stats::calls() / 5000;
+                println!(
+                    "# {} calls, {} problems, {:.0} s",
+                    stats::calls(),
+                    stats::problems().len(),
+                    started.elapsed().as_secs_f64()
+                );
+            }
             if args.race_every != 0 && w.at.op.is_multiple_of(args.race_every) {
                 let mut rng = w.rng.fork();
                 race::race(&mut rng, &w.at, &mut w.scratch);

@@ -147,7 +147,7 @@ impl Drop for RaceVm {
     }
 }
 
-/// The vCPU thread: RUN until told to stop (each RUN ends within 20 ms by
+/// The vCPU thread: RUN until told to stop (each RUN ends within 5 ms by
 /// its timer), answering exits.
 fn runner(
     fd: RawFd,
@@ -163,7 +163,7 @@ fn runner(
     };
     let at = Where { seed: 0, op: 0 };
     while !stop.load(Ordering::SeqCst) {
-        let r = crate::sys::run(fd, &timer, Duration::from_millis(20));
+        let r = crate::sys::run(fd, &timer, Duration::from_millis(5));
         runs.fetch_add(1, Ordering::SeqCst);
         match r {
             // ENOTTY: the fd now names /dev/null (closed under us).

@@ -1292,7 +1292,7 @@ impl World {
             (*run).immediate_exit = u8::from(imm);
         }
         for _ in 0..1 + self.rng.below(6) {
-            let r = crate::sys::run(fd, &self.timer, Duration::from_millis(20));
+            let r = crate::sys::run(fd, &self.timer, Duration::from_millis(2));
             if req {
                 expect(
                     &self.at,

@@ -14,6 +14,7 @@ mod ioctl;
 mod irq;
 mod kmod;
 mod ktap;
+mod kvm;
 mod lifecycle;
 mod module;
 mod vm;
