@@ -665,7 +665,11 @@ fn instructions_as_on_kvm(_: &Ctx) -> TestResult {
         let mut bad = Vec::new();
         for cases in [privileged_cases(), cr_dr_cases()] {
             let got = crate::kvm::run_cases(&program(&cases), code!(G_HH), HANDLER)
-                .and_then(|evs| outcomes(&cases, evs))?;
+                .and_then(|evs| outcomes(&cases, evs))
+                .map_err(|e| match e {
+                    Outcome::Fail(m) => Outcome::Fail(format!("{m}\ndifferences so far: {bad:?}")),
+                    s => s,
+                })?;
             for (c, g) in cases.iter().zip(&got) {
                 if *g == c.want {
                     continue;
