@@ -5,6 +5,7 @@
 #   make check   host unit tests + the selftests inside the lab VM
 #   make demo    boot the lab, load rvmx, boot Linux on it with 2 vCPUs and use its shell
 #   make bench   rvmx vs KVM exit costs; guest boot time and vmmctl memory per backend
+#   make fuzz    the ioctl fuzzer in the lab: [CALLS=N] [SEED=S] [RACE=K]
 #
 # KDIR=<tree> builds rvmx.ko against another Rust-enabled 7.x kernel tree
 # (default: the lab's test kernel, built and cached by scripts/build-kernel);
@@ -23,7 +24,7 @@ TARGET := x86_64-unknown-linux-gnu
 CARGO_STATIC := RUSTC=$(RUSTC) RUSTFLAGS="-C target-feature=+crt-static" \
 	$(CARGO) build --release --locked --target $(TARGET)
 
-.PHONY: all setup module userspace guest check check-debian demo bench clean
+.PHONY: all setup module userspace guest check check-debian demo bench fuzz clean
 
 all: module userspace guest
 
@@ -37,9 +38,9 @@ module: setup uapi/src/bindings.rs
 	@scripts/build-module
 
 userspace: setup
-	@echo "==> vmmctl, rvmx-selftests, rvmx-bench, guest-init (static)"
-	@$(CARGO_STATIC) -p vmmctl -p rvmx-selftests -p rvmx-bench -p guest-init
-	@mkdir -p build/bin && cp $(addprefix target/$(TARGET)/release/,vmmctl rvmx-selftests rvmx-bench) build/bin/
+	@echo "==> vmmctl, rvmx-selftests, rvmx-fuzz, rvmx-bench, guest-init (static)"
+	@$(CARGO_STATIC) -p vmmctl -p rvmx-selftests -p rvmx-fuzz -p rvmx-bench -p guest-init
+	@mkdir -p build/bin && cp $(addprefix target/$(TARGET)/release/,vmmctl rvmx-selftests rvmx-fuzz rvmx-bench) build/bin/
 
 # What vmmctl's lab tests boot: an initramfs around guest-init, and a
 # multiboot kernel assembled from guest/multiboot/.
@@ -73,6 +74,18 @@ bench: all
 	@scripts/lab run --cpus 1 --quiet --log build/lab/bench-1cpu.log -- '$(call BENCH_RUN,1vcpu)'
 	@scripts/lab run --cpus 2 --quiet --log build/lab/bench-2cpus.log -- '$(call BENCH_RUN,2vcpus)'
 	@scripts/bench
+
+# The ioctl fuzzer in the lab (2 CPUs, so a vCPU runs on one while the
+# other changes its VM): CALLS ioctls from SEED, then the host checks
+# (kernel log, module refcount, rmmod). A failing seed replays with
+# SEED=<it> (the races' timing does not replay; RACE=0 leaves them out).
+CALLS ?= 100000
+SEED ?= 1
+RACE ?= 200
+FUZZ_TIMEOUT ?= 3600
+fuzz: all
+	@scripts/lab run --cpus 2 --quiet --timeout $(FUZZ_TIMEOUT) --log build/lab/fuzz.log -- \
+		'rvmx-fuzz --calls $(CALLS) --seed $(SEED) --race-every $(RACE)'
 
 clean:
 	rm -rf build target rvmx.ko rvmx.mod* rvmx.o rvmx/*.o rvmx/.*.cmd .*.cmd modules.order Module.symvers

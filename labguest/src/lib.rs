@@ -194,3 +194,4 @@ pub fn idt_sregs(mut s: rvmx_sregs) -> rvmx_sregs {
     (s.idt.base, s.idt.limit) = (IDT, 256 * 16 - 1);
     s
 }
+pub mod host;

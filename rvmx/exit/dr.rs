@@ -25,7 +25,12 @@ pub(super) fn access(vmcs: &CurrentVmcs<'_>, g: &mut Guest, qual: u64) -> Action
         n => n,
     };
     if to_dr {
-        g.dr[dr] = gpr(vmcs, g, reg);
+        let value = gpr(vmcs, g, reg);
+        // DR6 and DR7 bits 63:32 are reserved: #GP, as the processor does.
+        if dr >= 6 && value >> 32 != 0 {
+            return raise(g, Event::gp());
+        }
+        g.dr[dr] = value;
     } else {
         let v = g.dr[dr];
         set_gpr(vmcs, g, reg, v);

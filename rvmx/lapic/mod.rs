@@ -347,8 +347,9 @@ impl Lapic {
             reg::ID => self.id << 24,
             reg::VERSION => VERSION,
             reg::TPR => self.tpr,
-            // Arbitration priority: TPR here, as KVM reports it.
-            reg::APR => self.tpr,
+            // Arbitration priority: TPR here, as KVM reports it; x2APIC
+            // mode has no APR (its MSR 0x809 raises #GP).
+            reg::APR if !self.x2apic() => self.tpr,
             reg::PPR => self.ppr(),
             reg::LDR => self.ldr,
             reg::DFR if !self.x2apic() => self.dfr,
@@ -708,6 +709,7 @@ mod tests {
         assert_eq!(a.write_msr(0x80d, 5, 0), Err(Invalid), "LDR is read-only");
         assert_eq!(a.write_msr(0x80b, 1, 0), Err(Invalid), "EOI takes 0");
         assert_eq!(a.read_msr(0x80e, 0), Err(Invalid), "no DFR");
+        assert_eq!(a.read_msr(0x809, 0), Err(Invalid), "no APR");
         a.write_msr(0x83f, 0x44, 0).unwrap();
         assert_eq!(a.deliverable(), Some(0x44));
         let Ok(Effect::Send(m)) = a.write_msr(0x830, (3u64 << 32) | 0x4045, 0) else {

@@ -10,7 +10,7 @@
 use crate::vmx::{
     caps::VmxCaps,
     current::CurrentVmcs,
-    vmcs::{Field64, FieldNat},
+    vmcs::{Field64, FieldNat, Seg},
 };
 
 use super::Vcpu;
@@ -59,6 +59,13 @@ pub(crate) fn write_cr0(vcpu: &Vcpu, vmcs: &CurrentVmcs<'_>, cr0: u64) -> Result
     check_cr0(cr0)?;
     let efer = vmcs.read(Field64::GuestIa32Efer);
     let old = guest_cr0(vmcs);
+    // Paging cannot be turned off in 64-bit mode (only from compatibility
+    // mode): the processor raises #GP. Accepting it would leave an IA-32e
+    // guest without paging, which fails the next VM entry.
+    let code64 = vmcs.read(Seg::Cs.access_rights()) & (1 << 13) != 0;
+    if cr0 & CR0_PG == 0 && efer & EFER_LMA != 0 && code64 {
+        return Err(Invalid);
+    }
     // Turning paging on with EFER.LME needs PAE, as on hardware.
     if cr0 & CR0_PG != 0
         && old & CR0_PG == 0

@@ -805,7 +805,7 @@ const MSI_ADDR: u64 = 0xfee0_0000;
 
 /// How long (lab time) a guest may take before the watchdog interrupts
 /// its RUN and the test fails.
-const WATCHDOG: Duration = Duration::from_secs(30);
+pub(crate) const WATCHDOG: Duration = Duration::from_secs(30);
 
 // ---- Exits as a trace --------------------------------------------------------
 
@@ -960,13 +960,13 @@ fn trace(vcpu: &mut VcpuFd, mut on: impl FnMut(Ev) -> TestResult) -> Result<Vec<
 
 /// Sends SIGUSR1 to the thread that started it if it is not dropped within
 /// the time given: a guest that hangs ends its RUN with EINTR.
-struct Watchdog {
+pub(crate) struct Watchdog {
     cancel: Option<mpsc::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Watchdog {
-    fn start(limit: Duration) -> Self {
+    pub(crate) fn start(limit: Duration) -> Self {
         catch_sigusr1();
         // SAFETY: pthread_self has no preconditions.
         let me = unsafe { libc::pthread_self() } as usize;
@@ -994,13 +994,13 @@ impl Drop for Watchdog {
     }
 }
 
-fn online_cpus() -> usize {
+pub(crate) fn online_cpus() -> usize {
     // SAFETY: sysconf has no preconditions.
     unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) }.max(1) as usize
 }
 
 /// Lets the calling thread run on every CPU again.
-fn allow_all_cpus() {
+pub(crate) fn allow_all_cpus() {
     // SAFETY: a zeroed cpu_set_t is valid; CPU_SET writes within it.
     unsafe {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
@@ -1012,7 +1012,7 @@ fn allow_all_cpus() {
 }
 
 /// Pins the calling thread to `cpu` if the machine has it.
-fn pin(cpu: usize) -> TestResult {
+pub(crate) fn pin(cpu: usize) -> TestResult {
     if cpu < online_cpus() {
         set_cpu(cpu).ctx("sched_setaffinity")?;
     }
@@ -1079,7 +1079,7 @@ fn cr8_never_reaches_the_host(_: &Ctx) -> TestResult {
 }
 
 /// XGETBV in this (host) process: the host's XCR0.
-fn host_xcr0() -> u64 {
+pub(crate) fn host_xcr0() -> u64 {
     let (lo, hi): (u32, u32);
     // SAFETY: XGETBV of XCR0 is allowed at CPL 3 where the OS set
     // CR4.OSXSAVE, which the caller checked (the `xsave` flag).

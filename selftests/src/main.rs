@@ -7,15 +7,18 @@
 //! /lib/modules/$(uname -r)/extra/rvmx.ko, where `make modules_install`
 //! and the lab put it); rvmx is loaded from it first if it is not loaded.
 //! `--group` runs one group: device, vm, irq (interrupts, the local APIC and
-//! their isolation tests) or module (load and unload, which reload rvmx
-//! with its default parameters).
+//! their isolation tests), hostile (hostile guests), module (load and
+//! unload, which reload rvmx with its default parameters) or lifecycle.
 
 mod device;
 mod guest;
+mod hostile;
 mod ioctl;
 mod irq;
 mod kmod;
 mod ktap;
+mod kvm;
+mod lifecycle;
 mod module;
 mod vm;
 
@@ -30,11 +33,13 @@ pub struct Ctx {
 fn main() -> ExitCode {
     let mut module = kmod::modules_dir().join("extra/rvmx.ko");
     let mut filter = None;
-    let groups: [(&str, &[ktap::Test]); 4] = [
+    let groups: [(&str, &[ktap::Test]); 6] = [
         ("device", device::TESTS),
         ("vm", vm::TESTS),
         ("irq", irq::TESTS),
+        ("hostile", hostile::TESTS),
         ("module", module::TESTS),
+        ("lifecycle", lifecycle::TESTS),
     ];
     let mut group = None;
     let usage =
