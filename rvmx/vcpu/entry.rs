@@ -309,29 +309,31 @@ pub(super) fn prepare(
 /// Chooses the event of the next entry, and the window exits for the ones
 /// that must wait. With APIC virtualization the processor delivers the
 /// local APIC's interrupts itself (`apicv`): only the other events are
-/// injected here.
+/// injected here, and while one is, the interrupt window also holds the
+/// processor's delivery back until the guest can take an interrupt again:
+/// the injected event must come first (`interrupt_state_save_and_restore`
+/// saw the virtual interrupt delivered before a restored #UD without it,
+/// under Bochs).
 fn inject(vcpu: &Vcpu, vmcs: &CurrentVmcs<'_>, g: &mut Guest) {
     let protected = super::guest_cr0(vmcs) & 1 != 0;
-    let deliverable = if g.vapic.is_some() {
-        None
-    } else {
-        g.lapic.deliverable()
-    };
+    let pending = g.lapic.deliverable();
+    let deliverable = if g.vapic.is_some() { None } else { pending };
     let mut irq_window = false;
     let mut nmi_window = false;
     if let Some(e) = g.reinject.take().or_else(|| g.exception.take()) {
         e.write(vmcs, protected);
-        irq_window = deliverable.is_some();
+        irq_window = pending.is_some();
         nmi_window = g.nmi_pending;
     } else if g.nmi_pending {
         let blocked = BLOCKING_STI | BLOCKING_MOV_SS | BLOCKING_NMI;
         if vmcs.read(Field32::GuestInterruptibility) & blocked == 0 {
             Event::nmi().write(vmcs, protected);
             g.nmi_pending = false;
+            irq_window = pending.is_some();
         } else {
             nmi_window = true;
+            irq_window = deliverable.is_some();
         }
-        irq_window = deliverable.is_some();
     } else if let Some(v) = deliverable {
         if interruptible(vmcs) {
             g.lapic.acknowledge(v);
