@@ -16,6 +16,7 @@
 use crate::{
     arch::{rflags, vector},
     exit::{io, mmio, msr},
+    stats::V,
     uapi,
     vmx::{
         controls::{PROC_INTERRUPT_WINDOW_EXITING, PROC_NMI_WINDOW_EXITING},
@@ -216,10 +217,11 @@ pub(crate) fn halt_wakes(g: &Guest, interrupts_enabled: bool) -> bool {
 }
 
 /// Fires the local APIC timer if it expired.
-pub(super) fn run_timer(g: &mut Guest) {
+pub(super) fn run_timer(vcpu: &Vcpu, g: &mut Guest) {
     let now = g.tsc();
     if g.lapic.timer_deadline().is_some_and(|d| now >= d) {
         g.lapic.timer_expire(now);
+        vcpu.stats.inc(V::TimerExpiries);
     }
 }
 
@@ -285,7 +287,7 @@ pub(super) fn prepare(
             .set_exit(uapi::RVMX_EXIT_IOAPIC_EOI, uapi::rvmx_exit_eoi { vector });
         return Prepared::ToUser;
     }
-    run_timer(g);
+    run_timer(vcpu, g);
     vcpu.mailbox().publish_target(&g.lapic.target());
     inject(vcpu, vmcs, g);
 
@@ -310,7 +312,9 @@ fn inject(vcpu: &Vcpu, vmcs: &CurrentVmcs<'_>, g: &mut Guest) {
     let protected = super::guest_cr0(vmcs) & 1 != 0;
     let mut irq_window = false;
     let mut nmi_window = false;
+    let reinjected = g.reinject.is_some();
     if let Some(e) = g.reinject.take().or_else(|| g.exception.take()) {
+        vcpu.stats.injected(e.kind(), reinjected);
         e.write(vmcs, protected);
         irq_window = g.lapic.deliverable().is_some();
         nmi_window = g.nmi_pending;
@@ -318,6 +322,7 @@ fn inject(vcpu: &Vcpu, vmcs: &CurrentVmcs<'_>, g: &mut Guest) {
         let blocked = BLOCKING_STI | BLOCKING_MOV_SS | BLOCKING_NMI;
         if vmcs.read(Field32::GuestInterruptibility) & blocked == 0 {
             Event::nmi().write(vmcs, protected);
+            vcpu.stats.inc(V::InjectNmi);
             g.nmi_pending = false;
         } else {
             nmi_window = true;
@@ -327,6 +332,7 @@ fn inject(vcpu: &Vcpu, vmcs: &CurrentVmcs<'_>, g: &mut Guest) {
         if interruptible(vmcs) {
             g.lapic.acknowledge(v);
             Event::external(v).write(vmcs, protected);
+            vcpu.stats.inc(V::InjectExternal);
         } else {
             irq_window = true;
         }

@@ -45,6 +45,7 @@ use crate::{
     irq::{self, IrqsOff},
     lapic::Lapic,
     phys::PageBuf,
+    stats::{self, VcpuStats, M, V},
     uapi,
     vm::Vm,
     vmx::{
@@ -69,7 +70,8 @@ use regs::{rvmx_vmenter, GuestRegs};
 
 pub(crate) const RUN_AREA_SIZE: usize = run_area::SIZE;
 
-const VCPU_IOCTLS: [u32; 14] = [
+const VCPU_IOCTLS: [u32; 15] = [
+    uapi::RVMX_GET_VCPU_STATS_FD,
     uapi::RVMX_GET_MSRS,
     uapi::RVMX_SET_MSRS,
     uapi::RVMX_SET_CPUID,
@@ -211,6 +213,8 @@ pub(crate) struct Vcpu {
     pub(crate) id: u32,
     pub(crate) vpid: u16,
     pub(crate) run: RunArea,
+    /// Counters (`stats`): written by the thread in `RVMX_RUN`, read anywhere.
+    pub(crate) stats: Arc<VcpuStats>,
     /// Serializes the vCPU's ioctls (a RUN holds it while in the guest).
     #[pin]
     state: Mutex<State>,
@@ -230,6 +234,7 @@ enum Left {
 
 impl Vcpu {
     pub(crate) fn create(vm: Arc<Vm>, id: u32) -> Result<Arc<Self>> {
+        let stats = vm.stats.vcpu(id).ok_or(EINVAL)?.clone();
         let vpid = if vm.controls.uses_vpid() {
             vm.host.vpids.alloc().ok_or(ENOSPC)?
         } else {
@@ -284,9 +289,10 @@ impl Vcpu {
         // If the allocation fails, `PinnedDrop` never runs: free the VPID here.
         let host = vm.host.clone();
         Arc::pin_init(
-            try_pin_init!(Self { vm, id, vpid, run, state <- new_mutex!(state) }),
+            try_pin_init!(Self { vm, id, vpid, run, stats, state <- new_mutex!(state) }),
             GFP_KERNEL_ACCOUNT,
         )
+        .inspect(|v| v.vm.stats.add(M::Vcpus, 1))
         .inspect_err(|_| host.vpids.free(vpid))
     }
 
@@ -348,6 +354,7 @@ impl Vcpu {
         let task: ARef<Task> = (&**current!()).into();
         self.mailbox().set_task(Some(task));
         let result = self.run_locked(&mut st);
+        self.stats.run_returns(&result, self.run.exit_reason());
         self.mailbox().set_task(None);
         result
     }
@@ -363,7 +370,7 @@ impl Vcpu {
             if st.guest.mp != MpState::Runnable {
                 let interrupts = st.guest.halted_with_if;
                 // Interrupted: the check above returns to user space.
-                let _ = halt::wait(self, &mut st.guest, interrupts);
+                let _ = halt::timed_wait(self, &mut st.guest, interrupts);
                 continue;
             }
             match self.enter(st)? {
@@ -387,6 +394,7 @@ impl Vcpu {
         let _fpu = KernelFpu::begin();
         let irqs = IrqsOff::new();
         let window = self.open_window()?;
+        self.stats.inc(V::VmxWindows);
         let vmcs = self.load_vmcs(&window, &mut st.vmcs, &mut st.initialized)?;
         let guest = &mut st.guest;
         let host = SavedHost::save_and_program(&vmcs);
@@ -432,7 +440,10 @@ impl Vcpu {
                 break Left::ToUser;
             }
             launched = 1;
-            match exit::handle(self, &vmcs, guest, window_end) {
+            match self
+                .stats
+                .action(exit::handle(self, &vmcs, guest, window_end))
+            {
                 Action::Resume => continue,
                 Action::Host => break Left::Again,
                 Action::Nmi => {
@@ -498,6 +509,7 @@ impl Vcpu {
 impl PinnedDrop for Vcpu {
     fn drop(self: Pin<&mut Self>) {
         self.vm.host.vpids.free(self.vpid);
+        self.vm.stats.sub(M::Vcpus, 1);
         self.mailbox().set_present(false);
         self.vm.release_vcpu_id(self.id);
     }
@@ -525,6 +537,7 @@ impl AnonFile for Vcpu {
             uapi::RVMX_SET_VCPU_EVENTS => this.set_vcpu_events(arg),
             uapi::RVMX_GET_MP_STATE => this.get_mp_state(arg),
             uapi::RVMX_SET_MP_STATE => this.set_mp_state(arg),
+            uapi::RVMX_GET_VCPU_STATS_FD => stats::vcpu_fd(&this.stats, this.id, arg),
             _ => Err(ioctl::unknown(cmd, &VCPU_IOCTLS)),
         }
     }
