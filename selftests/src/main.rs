@@ -14,6 +14,7 @@ mod irq;
 mod kmod;
 mod ktap;
 mod module;
+mod stats;
 mod vm;
 
 use std::path::PathBuf;
@@ -53,6 +54,7 @@ fn main() -> ExitCode {
         .iter()
         .chain(vm::TESTS)
         .chain(irq::TESTS)
+        .chain(stats::TESTS)
         .chain(module::TESTS)
         .filter(|t| filter.as_deref().is_none_or(|f| t.name.contains(f)))
         .map(|t| ktap::Test {

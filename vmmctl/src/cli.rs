@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::hv_stats::StatMode;
 use crate::hypervisor::Backend;
 
 /// What a Linux guest gets without --cmdline: its console on COM1, which
@@ -82,6 +83,14 @@ pub struct RunArgs {
     /// use beyond guest RAM to stderr.
     #[arg(long)]
     pub stats: bool,
+
+    /// The hypervisor's own counters (its binary statistics files, as
+    /// kvm_stat reads them) on stderr: `--stat` or `--stat=live` shows
+    /// the busiest with their rates every second; `--stat=summary` prints
+    /// every non-zero counter once at the end (`vmmctl: stat NAME VALUE`).
+    #[arg(long, value_enum, value_name = "MODE", num_args = 0..=1,
+          require_equals = true, default_missing_value = "live")]
+    pub stat: Option<StatMode>,
 }
 
 /// Parses a memory size: digits with an optional K, M or G suffix (binary
@@ -141,6 +150,7 @@ mod tests {
                 mem: 256 << 20,
                 cpus: 1,
                 stats: false,
+                stat: None,
             }
         );
     }
@@ -168,6 +178,25 @@ mod tests {
             panic!("not run")
         };
         assert_eq!((r.cpus, r.mem, r.stats), (2, 1 << 30, true));
+    }
+
+    #[test]
+    fn stat_takes_an_optional_mode() {
+        let mode = |extra: &[&str]| {
+            let mut args = vec!["run", "--kernel", "k"];
+            args.extend_from_slice(extra);
+            parse(&args).map(|c| match c.command {
+                Command::Run(r) => r.stat,
+                Command::Info { .. } => panic!("not run"),
+            })
+        };
+        assert_eq!(mode(&[]).unwrap(), None);
+        assert_eq!(mode(&["--stat"]).unwrap(), Some(StatMode::Live));
+        assert_eq!(mode(&["--stat=live"]).unwrap(), Some(StatMode::Live));
+        assert_eq!(mode(&["--stat=summary"]).unwrap(), Some(StatMode::Summary));
+        // A bare --stat does not swallow the next argument.
+        assert_eq!(mode(&["--stat", "--stats"]).unwrap(), Some(StatMode::Live));
+        assert!(mode(&["--stat=often"]).is_err());
     }
 
     #[test]

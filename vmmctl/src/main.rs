@@ -5,6 +5,7 @@ mod cli;
 mod console;
 mod control;
 mod devices;
+mod hv_stats;
 mod hypervisor;
 mod info;
 mod memory;
