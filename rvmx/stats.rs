@@ -108,8 +108,8 @@ impl VcpuStats {
     pub(crate) fn injected(&self, kind: EventKind, reinjected: bool) {
         self.inc(match kind {
             _ if reinjected => V::InjectReinjected,
-            EventKind::External => V::InjectExternal,
-            EventKind::Nmi => V::InjectNmi,
+            EventKind::External => V::IrqInjections,
+            EventKind::Nmi => V::NmiInjections,
             EventKind::Exception | EventKind::Software => V::InjectException,
         });
     }
@@ -120,15 +120,15 @@ impl VcpuStats {
             Ok(_) => {
                 self.inc(V::ExitsToUser);
                 self.inc(match exit_reason {
-                    uapi::RVMX_EXIT_IO => V::UserIo,
-                    uapi::RVMX_EXIT_MMIO => V::UserMmio,
+                    uapi::RVMX_EXIT_IO => V::IoExits,
+                    uapi::RVMX_EXIT_MMIO => V::MmioExits,
                     uapi::RVMX_EXIT_HYPERCALL => V::UserHypercall,
                     uapi::RVMX_EXIT_X86_RDMSR | uapi::RVMX_EXIT_X86_WRMSR => V::UserMsr,
                     uapi::RVMX_EXIT_IOAPIC_EOI => V::UserIoapicEoi,
                     _ => V::UserOther,
                 });
             }
-            Err(e) if *e == EINTR => self.inc(V::RunInterrupted),
+            Err(e) if *e == EINTR => self.inc(V::SignalExits),
             Err(_) => {}
         }
     }

@@ -100,25 +100,25 @@ counters! {
         /// Exits finished after the window (MMIO and string I/O emulation);
         /// each then resumes the guest or goes to user space.
         ExitsAfterWindow = ("exits_after_window", Cumulative, None),
-        /// `RVMX_RUN` returned an exit to user space (the `user_*` below say
-        /// which).
+        /// `RVMX_RUN` returned an exit to user space (`io_exits` and the
+        /// ones after it say which).
         ExitsToUser = ("exits_to_user", Cumulative, None),
         /// `RVMX_RUN` returned EINTR (a signal or `immediate_exit`).
-        RunInterrupted = ("run_interrupted", Cumulative, None),
+        SignalExits = ("signal_exits", Cumulative, None),
         /// VMX windows opened (VMXON .. VMXOFF), each costing VMXON,
         /// VMPTRLD, VMLAUNCH, VMCLEAR and VMXOFF.
         VmxWindows = ("vmx_windows", Cumulative, None),
         /// Events injected at VM entry, by kind: an external interrupt from
         /// the local APIC, an NMI, an exception an exit handler raised, and
         /// an event an exit interrupted in its delivery, delivered again.
-        InjectExternal = ("inject_external", Cumulative, None),
-        InjectNmi = ("inject_nmi", Cumulative, None),
+        IrqInjections = ("irq_injections", Cumulative, None),
+        NmiInjections = ("nmi_injections", Cumulative, None),
         InjectException = ("inject_exception", Cumulative, None),
         InjectReinjected = ("inject_reinjected", Cumulative, None),
         /// HLTs that halted the vCPU (not those an event ended at once).
         Halts = ("halts", Cumulative, None),
         /// Halts ended while the vCPU polled, before it slept.
-        HaltPollSuccess = ("halt_poll_success", Cumulative, None),
+        HaltSuccessfulPoll = ("halt_successful_poll", Cumulative, None),
         /// Times a halted (or SIPI-waiting) vCPU went to sleep.
         HaltSleeps = ("halt_sleeps", Cumulative, None),
         /// Time spent halted or waiting for SIPI in `RVMX_RUN`, polling
@@ -132,9 +132,10 @@ counters! {
         /// Interrupt messages other vCPUs posted to this one.
         IpiReceived = ("ipi_received", Cumulative, None),
         /// Exits to user space by kind: port I/O, MMIO, VMCALL, RDMSR or
-        /// WRMSR, the EOI of a level-triggered interrupt, anything else.
-        UserIo = ("user_io", Cumulative, None),
-        UserMmio = ("user_mmio", Cumulative, None),
+        /// WRMSR, the EOI of a level-triggered interrupt, anything else
+        /// (KVM's names where KVM counts the same).
+        IoExits = ("io_exits", Cumulative, None),
+        MmioExits = ("mmio_exits", Cumulative, None),
         UserHypercall = ("user_hypercall", Cumulative, None),
         UserMsr = ("user_msr", Cumulative, None),
         UserIoapicEoi = ("user_ioapic_eoi", Cumulative, None),

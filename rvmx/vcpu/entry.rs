@@ -322,7 +322,7 @@ fn inject(vcpu: &Vcpu, vmcs: &CurrentVmcs<'_>, g: &mut Guest) {
         let blocked = BLOCKING_STI | BLOCKING_MOV_SS | BLOCKING_NMI;
         if vmcs.read(Field32::GuestInterruptibility) & blocked == 0 {
             Event::nmi().write(vmcs, protected);
-            vcpu.stats.inc(V::InjectNmi);
+            vcpu.stats.inc(V::NmiInjections);
             g.nmi_pending = false;
         } else {
             nmi_window = true;
@@ -332,7 +332,7 @@ fn inject(vcpu: &Vcpu, vmcs: &CurrentVmcs<'_>, g: &mut Guest) {
         if interruptible(vmcs) {
             g.lapic.acknowledge(v);
             Event::external(v).write(vmcs, protected);
-            vcpu.stats.inc(V::InjectExternal);
+            vcpu.stats.inc(V::IrqInjections);
         } else {
             irq_window = true;
         }

@@ -124,7 +124,7 @@ pub(super) fn timed_wait(vcpu: &Vcpu, g: &mut Guest, interrupts_enabled: bool) -
 pub(super) fn wait(vcpu: &Vcpu, g: &mut Guest, interrupts_enabled: bool) -> Woken {
     if let Some(woken) = poll(vcpu, g, interrupts_enabled) {
         if matches!(woken, Woken::Runnable) {
-            vcpu.stats.inc(V::HaltPollSuccess);
+            vcpu.stats.inc(V::HaltSuccessfulPoll);
         }
         return woken;
     }

@@ -96,11 +96,11 @@ fn stats_count_exactly_a_guests_exits(_: &Ctx) -> TestResult {
     let io_exits = u64::from(OUTS) + 1;
     expect(&s, &snap, "exit_cpuid", u64::from(CPUIDS))?;
     expect(&s, &snap, "exit_io", io_exits)?;
-    expect(&s, &snap, "user_io", io_exits)?;
+    expect(&s, &snap, "io_exits", io_exits)?;
     expect(&s, &snap, "exits_to_user", io_exits)?;
-    expect(&s, &snap, "user_mmio", 0)?;
+    expect(&s, &snap, "mmio_exits", 0)?;
     expect(&s, &snap, "exit_rdmsr", 0)?;
-    expect(&s, &snap, "run_interrupted", 0)?;
+    expect(&s, &snap, "signal_exits", 0)?;
     // Everything else the guest did is handled in the window or ends it
     // for the host (an interrupt, the window's time up).
     let exits = value(&s, &snap, "exits")?;
@@ -128,14 +128,14 @@ fn stats_count_exactly_a_guests_exits(_: &Ctx) -> TestResult {
     run_guest(&mut t, OUTS)?;
     let again = s.read().ctx("read")?;
     expect(&s, &again, "exit_cpuid", 2 * u64::from(CPUIDS))?;
-    expect(&s, &again, "user_io", 2 * io_exits)?;
+    expect(&s, &again, "io_exits", 2 * io_exits)?;
     // Interrupted runs are counted apart from exits.
     t.vcpu.run_area().immediate_exit = 1;
     let e = t.vcpu.run();
     t.vcpu.run_area().immediate_exit = 0;
     expect_err(e, libc::EINTR, "RUN with immediate_exit")?;
     let last = s.read().ctx("read")?;
-    expect(&s, &last, "run_interrupted", 1)?;
+    expect(&s, &last, "signal_exits", 1)?;
     expect(&s, &last, "exits_to_user", 2 * io_exits)?;
     Ok(())
 }
@@ -175,9 +175,9 @@ fn stats_vm_sums_its_vcpus(_: &Ctx) -> TestResult {
     );
     expect(&s0, &a, "exit_cpuid", u64::from(CPUIDS))?;
     expect(&s1, &b, "exit_cpuid", u64::from(cpuids1))?;
-    expect(&s1, &b, "user_io", u64::from(outs1) + 1)?;
+    expect(&s1, &b, "io_exits", u64::from(outs1) + 1)?;
     expect(&vm, &v, "exit_cpuid", u64::from(CPUIDS + cpuids1))?;
-    expect(&vm, &v, "user_io", u64::from(OUTS + outs1) + 2)?;
+    expect(&vm, &v, "io_exits", u64::from(OUTS + outs1) + 2)?;
     // Every vCPU counter of the VM file is the sum of the vCPUs' (read
     // after both stopped, so nothing moves in between).
     for (name, total) in vm.scalars(&v) {

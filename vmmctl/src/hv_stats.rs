@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use clap::ValueEnum;
-use uapi::stats::{Kind, ReadAt, Stats};
+use uapi::stats::{Kind, ReadAt, Stats, Unit};
 
 use crate::control::Control;
 use crate::hypervisor::{Vcpu, Vm};
@@ -30,7 +30,7 @@ pub enum StatMode {
 }
 
 /// One counter's value, totalled over the files it appears in.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Counter {
     pub name: String,
     /// Cumulative counters have rates; others (instant, peak) are shown
@@ -38,11 +38,13 @@ pub struct Counter {
     pub cumulative: bool,
     /// Unit suffix ("ns", "" for plain counts).
     pub unit: String,
+    /// For a time: seconds per unit (1e-9 for ns).
+    pub seconds: Option<f64>,
     pub value: u64,
 }
 
 /// Every counter at one moment, in the order the files describe them.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct Totals(pub Vec<Counter>);
 
 impl Totals {
@@ -62,6 +64,8 @@ impl Totals {
                             name,
                             cumulative: matches!(d.kind, Kind::Cumulative),
                             unit: d.unit_suffix(),
+                            seconds: (d.unit == Unit::Seconds && !d.pow2)
+                                .then(|| 10f64.powi(i32::from(d.exponent))),
                             value,
                         });
                     }
@@ -116,9 +120,10 @@ fn line_end() -> &'static str {
     }
 }
 
-/// The live view: the `top` busiest counters between `prev` and `now`
-/// (`dt` seconds apart; by rate, then value), with their totals; counters
-/// that have not moved since the start are left out.
+/// The live view: the `top` busiest counts between `prev` and `now` (`dt`
+/// seconds apart; by rate, then total), then every time counter with the
+/// time it grew by per second (e.g. 1.50 s/s: one and a half vCPUs
+/// halted). Counters still zero are left out.
 pub fn live_view(
     id: &str,
     elapsed: f64,
@@ -128,19 +133,19 @@ pub fn live_view(
     top: usize,
 ) -> String {
     let nl = line_end();
-    let mut rows: Vec<(&Counter, Option<f64>)> = now
-        .0
-        .iter()
-        .filter(|c| c.value != 0)
-        .map(|c| {
-            let rate = c.cumulative.then(|| {
-                let before = prev.get(&c.name).unwrap_or(0);
-                c.value.saturating_sub(before) as f64 / dt.max(1e-9)
-            });
-            (c, rate)
+    let rate = |c: &Counter| {
+        c.cumulative.then(|| {
+            let before = prev.get(&c.name).unwrap_or(0);
+            c.value.saturating_sub(before) as f64 / dt.max(1e-9)
         })
+    };
+    let moved = now.0.iter().filter(|c| c.value != 0);
+    let mut counts: Vec<(&Counter, Option<f64>)> = moved
+        .clone()
+        .filter(|c| c.seconds.is_none())
+        .map(|c| (c, rate(c)))
         .collect();
-    rows.sort_by(|a, b| {
+    counts.sort_by(|a, b| {
         let ra = a.1.unwrap_or(-1.0);
         let rb = b.1.unwrap_or(-1.0);
         rb.total_cmp(&ra)
@@ -153,14 +158,15 @@ pub fn live_view(
         "vmmctl stat {id} at {elapsed:.0} s{nl}  {:<32} {:>16} {:>12}{nl}",
         "counter", "total", "per second"
     );
-    for (c, rate) in rows.into_iter().take(top) {
-        let total = if c.unit.is_empty() {
-            c.value.to_string()
-        } else {
-            format!("{} {}", c.value, c.unit)
-        };
-        let rate = rate.map_or_else(|| "-".to_string(), |r| format!("{r:.0}"));
-        let _ = write!(s, "  {:<32} {total:>16} {rate:>12}{nl}", c.name);
+    for (c, r) in counts.into_iter().take(top) {
+        let r = r.map_or_else(|| "-".to_string(), |r| format!("{r:.0}"));
+        let _ = write!(s, "  {:<32} {:>16} {r:>12}{nl}", c.name, c.value);
+    }
+    for c in moved.filter(|c| c.seconds.is_some()) {
+        let scale = c.seconds.unwrap_or(1.0);
+        let total = format!("{:.3} s", c.value as f64 * scale);
+        let r = rate(c).map_or_else(|| "-".to_string(), |r| format!("{:.2} s/s", r * scale));
+        let _ = write!(s, "  {:<32} {total:>16} {r:>12}{nl}", c.name);
     }
     s
 }
@@ -276,6 +282,7 @@ mod tests {
             name: name.into(),
             cumulative,
             unit: String::new(),
+            seconds: None,
             value,
         };
         let prev = Totals(vec![
@@ -291,27 +298,25 @@ mod tests {
             name: "halt_ns".into(),
             cumulative: true,
             unit: "ns".into(),
-            value: 5_000_000,
+            seconds: Some(1e-9),
+            value: 3_000_000_000,
         });
-        let v = live_view("rvmx-9", 7.0, &prev, &now, 2.0, 3);
+        let v = live_view("rvmx-9", 7.0, &prev, &now, 2.0, 2);
         let lines: Vec<&str> = v.lines().collect();
         assert!(lines[0].starts_with("vmmctl stat rvmx-9 at 7 s"), "{v}");
-        // halt_ns is new since prev: all of it in this interval.
-        assert!(
-            lines[2].contains("halt_ns")
-                && lines[2].contains("5000000 ns")
-                && lines[2].ends_with("2500000"),
-            "{v}"
-        );
-        assert!(
-            lines[3].contains("exits") && lines[3].contains("3000") && lines[3].ends_with("1000"),
-            "{v}"
-        );
-        assert!(
-            lines[4].contains("halts") && lines[4].ends_with("200"),
-            "{v}"
-        );
-        // Only `top` rows; zero counters never.
+        let row = |i: usize, name: &str, total: &str, rate: &str| {
+            let l: &str = lines[i];
+            assert!(
+                l.contains(name) && l.contains(total) && l.ends_with(rate),
+                "row {i}, want {name} {total} {rate}:\n{v}"
+            );
+        };
+        row(2, "exits", "3000", "1000");
+        row(3, "halts", "410", "200");
+        // Times last, in seconds: halt_ns is new since prev, so all of its
+        // 3 s came in these 2 s.
+        row(4, "halt_ns", "3.000 s", "1.50 s/s");
+        // Only `top` counts; zero counters never.
         assert_eq!(lines.len(), 5, "{v}");
         assert!(!v.contains("idle"));
         let all = live_view("rvmx-9", 7.0, &prev, &now, 2.0, 10);
@@ -323,12 +328,20 @@ mod tests {
     }
 
     #[test]
+    fn time_counters_know_their_scale() {
+        let ns = sys::RVMX_STATS_TYPE_CUMULATIVE | sys::RVMX_STATS_UNIT_SECONDS;
+        let t = totals(&[file("kvm-1/vcpu-0", &[("halt_wait_ns", ns, vec![5])])]);
+        assert_eq!(t.0[0].seconds, Some(1e-9));
+        assert_eq!(t.0[0].unit, "ns");
+    }
+
+    #[test]
     fn summary_lists_nonzero_counters_for_scripts() {
         let t = totals(&[file(
             "rvmx-3",
             &[
                 ("exits", CUM, vec![42]),
-                ("user_mmio", CUM, vec![0]),
+                ("mmio_exits", CUM, vec![0]),
                 ("vcpus", INSTANT, vec![1]),
             ],
         )]);
