@@ -126,8 +126,8 @@ counters! {
         HaltNs = ("halt_ns", Cumulative, Nanoseconds),
         /// Local APIC timer expiries.
         TimerExpiries = ("timer_expiries", Cumulative, None),
-        /// Interrupt messages the guest sent through its ICR (IPIs,
-        /// self-IPIs, INIT and SIPI included).
+        /// Interrupt messages the guest sent through its ICR (IPIs, INIT,
+        /// SIPI); self-IPIs stay in the local APIC and do not count.
         IpiSent = ("ipi_sent", Cumulative, None),
         /// Interrupt messages other vCPUs posted to this one.
         IpiReceived = ("ipi_received", Cumulative, None),

@@ -13,11 +13,16 @@ use crate::guest::{TestVm, CODE};
 use crate::ktap::{Context, Outcome, Test, TestResult};
 use crate::vm::expect_err;
 use crate::{ensure, Ctx};
+use labguest::{code, eoi, guest, iret64, rdtsc64, set_handler, x2apic_on};
 
 pub const TESTS: &[Test] = &[
     Test {
         name: "stats_count_exactly_a_guests_exits",
         run: stats_count_exactly_a_guests_exits,
+    },
+    Test {
+        name: "stats_count_interrupts_timer_and_halt",
+        run: stats_count_interrupts_timer_and_halt,
     },
     Test {
         name: "stats_vm_sums_its_vcpus",
@@ -137,6 +142,73 @@ fn stats_count_exactly_a_guests_exits(_: &Ctx) -> TestResult {
     let last = s.read().ctx("read")?;
     expect(&s, &last, "signal_exits", 1)?;
     expect(&s, &last, "exits_to_user", 2 * io_exits)?;
+    Ok(())
+}
+
+// With IF=1: three IPIs (vector 0x61) through the x2APIC ICR to all
+// including self (messages on the bus, which reach this vCPU alone), one
+// through the SELF IPI MSR (delivered inside the local APIC, not a
+// message); then a TSC-deadline timer (vector 0x50) 200,000 cycles ahead
+// and HLT, which the timer ends; then DONE.
+guest!(
+    G_STAT,
+    set_handler!(G_STAT_h),
+    x2apic_on!(),
+    "sti",
+    "mov r8d, 3",
+    "G_STAT_ipi:",
+    "mov ecx, 0x830",
+    "mov eax, 0x80061",
+    "xor edx, edx",
+    "wrmsr",
+    "dec r8d",
+    "jnz G_STAT_ipi",
+    "mov ecx, 0x83f",
+    "mov eax, 0x62",
+    "xor edx, edx",
+    "wrmsr",
+    "mov ecx, 0x832",
+    "mov eax, 0x40050",
+    "xor edx, edx",
+    "wrmsr",
+    rdtsc64!(),
+    "add rax, 200000",
+    "mov rdx, rax",
+    "shr rdx, 32",
+    "mov ecx, 0x6e0",
+    "wrmsr",
+    "hlt",
+    "out 0xf4, al",
+    "G_STAT_h:",
+    eoi!(),
+    iret64!(),
+);
+
+fn stats_count_interrupts_timer_and_halt(_: &Ctx) -> TestResult {
+    let mut t = TestVm::long_mode_idt(0x20_0000, code!(G_STAT))?;
+    let s = open(
+        t.vcpu.stats_fd().ctx("RVMX_GET_VCPU_STATS_FD")?,
+        "vCPU stats",
+    )?;
+    t.run_to_done()?;
+    let snap = s.read().ctx("read")?;
+    expect(&s, &snap, "ipi_sent", 3)?;
+    expect(&s, &snap, "ipi_received", 3)?;
+    expect(&s, &snap, "timer_expiries", 1)?;
+    expect(&s, &snap, "irq_injections", 5)?;
+    expect(&s, &snap, "nmi_injections", 0)?;
+    expect(&s, &snap, "inject_exception", 0)?;
+    expect(&s, &snap, "exit_hlt", 1)?;
+    expect(&s, &snap, "halts", 1)?;
+    expect(&s, &snap, "io_exits", 1)?;
+    let sleeps = value(&s, &snap, "halt_sleeps")?;
+    let polled = value(&s, &snap, "halt_successful_poll")?;
+    ensure!(
+        sleeps + polled >= 1,
+        "the halt neither slept ({sleeps}) nor ended in its poll ({polled})"
+    );
+    let ns = value(&s, &snap, "halt_ns")?;
+    ensure!(ns > 0, "halt_ns 0 after a halt until a timer");
     Ok(())
 }
 
