@@ -334,6 +334,27 @@ fn stats_fd_rules_and_layout(_: &Ctx) -> TestResult {
         libc::ENOTTY,
         "an ioctl on the stats fd",
     )?;
+    // SAFETY: a read-only private mapping request on our own fd; it is
+    // expected to fail, and unmapped below if it does not.
+    let map = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            4096,
+            libc::PROT_READ,
+            libc::MAP_PRIVATE,
+            fd,
+            0,
+        )
+    };
+    let map_errno = std::io::Error::last_os_error().raw_os_error();
+    if map != libc::MAP_FAILED {
+        // SAFETY: the mapping just made, of that size.
+        unsafe { libc::munmap(map, 4096) };
+    }
+    ensure!(
+        map == libc::MAP_FAILED && map_errno == Some(libc::ENODEV),
+        "mmap of the stats fd: {map:?}, errno {map_errno:?}, want ENODEV"
+    );
 
     // KVM's layout: header, id string, descriptors, data; 8-aligned.
     let mut h = [0u8; 24];
