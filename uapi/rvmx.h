@@ -365,11 +365,11 @@ struct rvmx_run {
 /*
  * The file RVMX_GET_VM_STATS_FD and RVMX_GET_VCPU_STATS_FD return holds,
  * at the offsets its header gives (each a multiple of 8): the header, an
- * id string of name_size
- * bytes, num_desc descriptors (each followed by a name of name_size
- * bytes), and the data: u64 values at data_offset + desc.offset. Only the
- * data changes; read it again with pread. Same layout and flag values as
- * KVM's struct kvm_stats_header / kvm_stats_desc (KVM_GET_STATS_FD).
+ * id string of name_size bytes, num_desc descriptors (each followed by a
+ * name of name_size bytes), and the data: u64 values at data_offset +
+ * desc.offset. Only the data changes; read it again with pread. Same
+ * layout and flag values as KVM's struct kvm_stats_header and
+ * kvm_stats_desc (KVM_GET_STATS_FD). docs/api.md lists the counters.
  */
 #define RVMX_STATS_NAME_SIZE		48
 
