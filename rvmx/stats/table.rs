@@ -419,6 +419,20 @@ mod tests {
     }
 
     #[test]
+    fn every_counter_is_documented() {
+        // docs/api.md names each vCPU and VM counter in its tables (the
+        // per-exit-reason ones by their pattern).
+        let doc = include_str!("../../docs/api.md");
+        for d in VCPU.iter().chain(VM) {
+            assert!(
+                doc.contains(&format!("`{}`", d.name)),
+                "{} is not in docs/api.md",
+                d.name
+            );
+        }
+    }
+
+    #[test]
     fn prefix_has_kvm_layout() {
         let layout = Layout::new(VCPU_VALUES);
         assert_eq!(layout.id_offset, 24);
