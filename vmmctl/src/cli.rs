@@ -18,6 +18,7 @@ Examples:
   vmmctl run --kernel bzImage --initrd initrd.gz --mem 512M --cpus 2
   vmmctl run --kernel bzImage --cmdline 'console=ttyS0 quiet' --stats
   vmmctl run --kernel test.elf                  a multiboot kernel
+  vmmctl stat                                   the counters of the running VM, live
 
 The guest's console (COM1) is this terminal. Ctrl-A x quits, Ctrl-A h
 lists the other escapes. Exit status: 0 when the guest powers off or
@@ -53,6 +54,20 @@ pub enum Command {
     /// Boot a kernel in a new VM and run it until it powers off, reboots,
     /// panics or writes to the debug-exit port.
     Run(RunArgs),
+    /// Watch the hypervisor's counters of a running `vmmctl run` (as
+    /// kvm_stat does): its busiest counters with their rates, every
+    /// second, until it exits. Needs the right to ptrace it.
+    Stat {
+        /// The vmmctl to watch; by default the only one running.
+        pid: Option<u32>,
+        /// Print every non-zero counter once (`vmmctl: stat NAME VALUE`)
+        /// and exit.
+        #[arg(long)]
+        once: bool,
+        /// Stop after this many views.
+        #[arg(long, value_name = "N")]
+        count: Option<u32>,
+    },
 }
 
 #[derive(Args, Debug, PartialEq, Eq)]
@@ -187,7 +202,7 @@ mod tests {
             args.extend_from_slice(extra);
             parse(&args).map(|c| match c.command {
                 Command::Run(r) => r.stat,
-                Command::Info { .. } => panic!("not run"),
+                _ => panic!("not run"),
             })
         };
         assert_eq!(mode(&[]).unwrap(), None);
@@ -197,6 +212,31 @@ mod tests {
         // A bare --stat does not swallow the next argument.
         assert_eq!(mode(&["--stat", "--stats"]).unwrap(), Some(StatMode::Live));
         assert!(mode(&["--stat=often"]).is_err());
+    }
+
+    #[test]
+    fn stat_takes_a_pid_and_modes() {
+        let cli = parse(&["stat"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Stat {
+                pid: None,
+                once: false,
+                count: None
+            }
+        ));
+        let cli = parse(&["stat", "1234", "--once"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Stat {
+                pid: Some(1234),
+                once: true,
+                count: None
+            }
+        ));
+        let cli = parse(&["stat", "--count", "3"]).unwrap();
+        assert!(matches!(cli.command, Command::Stat { count: Some(3), .. }));
+        assert!(parse(&["stat", "me"]).is_err());
     }
 
     #[test]

@@ -104,16 +104,33 @@ impl HvStats {
         Ok(Self { files, id })
     }
 
+    /// Files opened elsewhere (`vmmctl stat`): all of them are summed.
+    pub fn from_files(files: Vec<Stats>) -> Self {
+        let id = files
+            .iter()
+            .find(|f| !f.id.contains("/vcpu"))
+            .or(files.first())
+            .map_or_else(String::new, |f| f.id.clone());
+        Self { files, id }
+    }
+
+    /// The VM file's id ("rvmx-PID", "kvm-PID").
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
     pub fn totals(&self) -> std::io::Result<Totals> {
         Totals::of(&self.files)
     }
 }
 
-/// Ends lines as a terminal in raw mode needs (vmmctl's console makes it
-/// raw; then "\n" alone does not return the carriage).
-fn line_end() -> &'static str {
-    // SAFETY: isatty only inspects the descriptor.
-    if unsafe { libc::isatty(libc::STDERR_FILENO) } == 1 {
+/// How `vmmctl run` ends lines on stderr: a terminal its console put in
+/// raw mode (stdin a tty) needs "\r\n" to return the carriage.
+fn run_line_end() -> &'static str {
+    // SAFETY: isatty only inspects the descriptors.
+    let raw =
+        unsafe { libc::isatty(libc::STDIN_FILENO) == 1 && libc::isatty(libc::STDERR_FILENO) == 1 };
+    if raw {
         "\r\n"
     } else {
         "\n"
@@ -123,7 +140,7 @@ fn line_end() -> &'static str {
 /// The live view: the `top` busiest counts between `prev` and `now` (`dt`
 /// seconds apart; by rate, then total), then every time counter with the
 /// time it grew by per second (e.g. 1.50 s/s: one and a half vCPUs
-/// halted). Counters still zero are left out.
+/// halted). Counters still zero are left out. `nl` ends each line.
 pub fn live_view(
     id: &str,
     elapsed: f64,
@@ -131,8 +148,8 @@ pub fn live_view(
     now: &Totals,
     dt: f64,
     top: usize,
+    nl: &str,
 ) -> String {
-    let nl = line_end();
     let rate = |c: &Counter| {
         c.cumulative.then(|| {
             let before = prev.get(&c.name).unwrap_or(0);
@@ -173,8 +190,7 @@ pub fn live_view(
 
 /// The one-shot summary: every non-zero counter, in descriptor order, one
 /// per line (`vmmctl: stat NAME VALUE`), after a title line.
-pub fn summary(id: &str, wall: Duration, t: &Totals) -> String {
-    let nl = line_end();
+pub fn summary(id: &str, wall: Duration, t: &Totals, nl: &str) -> String {
     let mut s = format!(
         "vmmctl: hypervisor statistics of {id} after {:.3} s:{nl}",
         wall.as_secs_f64()
@@ -186,7 +202,7 @@ pub fn summary(id: &str, wall: Duration, t: &Totals) -> String {
 }
 
 /// How many rows the live view shows.
-const LIVE_ROWS: usize = 12;
+pub const LIVE_ROWS: usize = 12;
 
 /// Prints the live view every second until the run stops.
 pub fn spawn_live(
@@ -217,6 +233,7 @@ pub fn spawn_live(
                     &now,
                     dt,
                     LIVE_ROWS,
+                    run_line_end(),
                 );
                 eprint!("{view}");
                 prev = now;
@@ -228,7 +245,7 @@ pub fn spawn_live(
 /// The summary of `stats` now.
 pub fn print_summary(stats: &HvStats, wall: Duration) {
     match stats.totals() {
-        Ok(t) => eprint!("{}", summary(&stats.id, wall, &t)),
+        Ok(t) => eprint!("{}", summary(&stats.id, wall, &t, run_line_end())),
         Err(e) => eprintln!("vmmctl: reading the hypervisor's statistics: {e}"),
     }
 }
@@ -301,7 +318,7 @@ mod tests {
             seconds: Some(1e-9),
             value: 3_000_000_000,
         });
-        let v = live_view("rvmx-9", 7.0, &prev, &now, 2.0, 2);
+        let v = live_view("rvmx-9", 7.0, &prev, &now, 2.0, 2, "\n");
         let lines: Vec<&str> = v.lines().collect();
         assert!(lines[0].starts_with("vmmctl stat rvmx-9 at 7 s"), "{v}");
         let row = |i: usize, name: &str, total: &str, rate: &str| {
@@ -319,7 +336,7 @@ mod tests {
         // Only `top` counts; zero counters never.
         assert_eq!(lines.len(), 5, "{v}");
         assert!(!v.contains("idle"));
-        let all = live_view("rvmx-9", 7.0, &prev, &now, 2.0, 10);
+        let all = live_view("rvmx-9", 7.0, &prev, &now, 2.0, 10, "\n");
         let vcpus = all.lines().find(|l| l.contains("vcpus")).unwrap();
         assert!(
             vcpus.trim_end().ends_with('-'),
@@ -345,7 +362,7 @@ mod tests {
                 ("vcpus", INSTANT, vec![1]),
             ],
         )]);
-        let s = summary("rvmx-3", Duration::from_millis(2500), &t);
+        let s = summary("rvmx-3", Duration::from_millis(2500), &t, "\n");
         assert_eq!(
             s.lines().collect::<Vec<_>>(),
             [

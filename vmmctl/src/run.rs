@@ -66,10 +66,13 @@ pub fn run(backend: Backend, args: &RunArgs) -> Result<Outcome> {
         }
         vcpus.push(v);
     }
-    // Opened before the vCPUs go to their threads (KVM's files are per vCPU).
-    let hv_stats = match args.stat {
-        Some(_) => Some(Arc::new(HvStats::open(&*vm, &vcpus)?)),
-        None => None,
+    // Opened before the vCPUs go to their threads (KVM's files are per
+    // vCPU), and held while the VM runs even without --stat, so that
+    // `vmmctl stat` can watch this process.
+    let hv_stats = match HvStats::open(&*vm, &vcpus) {
+        Ok(s) => Some(Arc::new(s)),
+        Err(e) if args.stat.is_some() => return Err(e),
+        Err(_) => None,
     };
 
     signals::install(&control)?;
