@@ -33,6 +33,12 @@ module! {
     authors: ["rvmx developers"],
     description: "Intel VT-x hypervisor with a KVM-like API on /dev/rvmx",
     license: "GPL",
+    params: {
+        apicv: bool {
+            default: true,
+            description: "Use the CPU's APIC virtualization (TPR shadow, APIC-register virtualization, virtual-interrupt delivery, x2APIC virtualization) where it has it; 0 emulates every APIC access",
+        },
+    },
 }
 
 /// The loaded module.
@@ -76,17 +82,19 @@ impl kernel::InPlaceModule for RvmxModule {
 impl RvmxModule {
     /// Checks VMX on the host and proves root operation on every online CPU.
     fn bring_up() -> Result<Arc<VmxHost>> {
-        let host = VmxHost::new()?;
+        let host = VmxHost::new(module_parameters::apicv.value())?;
         let report = host.probe()?;
         match report.first_failure {
             None if report.all_usable() => {
                 let c = &host.caps;
+                let apicv = host.controls().is_ok_and(|c| c.apicv);
                 pr_info!(
-                    "VMX root operation works on {} CPUs (VMCS revision {:#x}, {} bytes; EPT, unrestricted guest{})\n",
+                    "VMX root operation works on {} CPUs (VMCS revision {:#x}, {} bytes; EPT, unrestricted guest{}{})\n",
                     report.cpus,
                     c.vmcs_revision(),
                     c.vmcs_size(),
                     if c.has_vpid() { ", VPID" } else { "" },
+                    if apicv { ", APIC virtualization" } else { "" },
                 );
             }
             Some((cpu, e @ vmx::root::RootError::Busy)) => {

@@ -23,7 +23,7 @@ use crate::{
     mem::{Memory, Unmapped},
     stats::{self, VmStats, M},
     uapi,
-    vcpu::{mailbox::Mailbox, Vcpu},
+    vcpu::{apicv::VmApicPages, mailbox::Mailbox, Vcpu},
     vmx::{controls::Controls, host::VmxHost},
 };
 
@@ -52,6 +52,9 @@ pub(crate) struct Vm {
     /// address cannot be another process's while the VM lives.
     mm: ARef<Mm>,
     pub(crate) eptp: u64,
+    /// The APIC-access page and MSR bitmap, where the VM uses APIC
+    /// virtualization (`vcpu::apicv`).
+    pub(crate) apic_pages: Option<VmApicPages>,
     /// Bumped after each change that removes or narrows guest mappings;
     /// a vCPU whose last flush is older runs INVEPT before entering.
     pub(crate) ept_generation: Atomic<u64>,
@@ -93,8 +96,15 @@ impl Vm {
         })?;
         // A VM belongs to a process: a kernel thread (no mm) cannot make one.
         let mm: ARef<Mm> = current!().mm().map(|mm| ARef::from(&**mm)).ok_or(EINVAL)?;
-        let memory = Memory::new()?;
+        let mut memory = Memory::new()?;
         let eptp = memory.ept.eptp();
+        let apic_pages = if controls.apicv {
+            let pages = VmApicPages::new()?;
+            memory.map_private(crate::lapic::DEFAULT_BASE, pages.access_phys())?;
+            Some(pages)
+        } else {
+            None
+        };
         let mut mailboxes = KVec::with_capacity(uapi::RVMX_MAX_VCPUS as usize, GFP_KERNEL)?;
         for _ in 0..uapi::RVMX_MAX_VCPUS {
             mailboxes.push(Mailbox::new()?, GFP_KERNEL)?;
@@ -106,6 +116,7 @@ impl Vm {
                 controls,
                 mm,
                 eptp,
+                apic_pages,
                 ept_generation: Atomic::new(0),
                 user_msr_exits: Atomic::new(0),
                 mem <- new_mutex!(memory),

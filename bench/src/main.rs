@@ -187,46 +187,68 @@ fn online_cpus() -> i64 {
     i64::from(unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) } as i32)
 }
 
-/// Prints the rows either file has, in `CASES` order, and the footnotes of
-/// the rows shown. Run where the figures were taken (inside the lab): the
-/// CPU count it prints is this machine's.
-fn table(rvmx: &str, kvm: &str) -> Result<(), String> {
-    let (r, k) = (read_results(rvmx)?, read_results(kvm)?);
+/// Prints the rows any file has, in `CASES` order, one column per file
+/// (`label=path`), each with its ratio to the column labelled `kvm` when
+/// there is one, and the footnotes of the rows shown. Run where the figures
+/// were taken (inside the lab): the CPU count it prints is this machine's.
+fn table(columns: &[&str]) -> Result<(), String> {
+    let mut cols = Vec::new();
+    for c in columns {
+        let (label, path) = c
+            .split_once('=')
+            .ok_or(format!("'{c}': want LABEL=RESULTS_FILE"))?;
+        cols.push((label, read_results(path)?));
+    }
+    let reference = cols.iter().position(|(l, _)| *l == "kvm");
     let cpus = online_cpus();
     println!(
         "guest TSC cycles per round trip (lower is better), {cpus} lab CPU{}",
         if cpus == 1 { "" } else { "s" }
     );
-    println!(
-        "{:<38} {:>10} {:>10} {:>8}",
-        "exit", "rvmx", "kvm", "rvmx/kvm"
-    );
+    let mut header = format!("{:<38}", "exit");
+    for (label, _) in &cols {
+        header += &format!(" {label:>12}");
+    }
+    for (i, (label, _)) in cols.iter().enumerate() {
+        if reference.is_some_and(|r| r != i) {
+            header += &format!(" {:>12}", format!("{label}/kvm"));
+        }
+    }
+    println!("{header}");
     let mut notes = (false, false);
     for c in CASES {
-        let find =
-            |v: &[(String, Option<u64>)]| v.iter().find(|(n, _)| n == c.name).map(|(_, c)| *c);
-        let (rc, kc) = (find(&r), find(&k));
-        if rc.is_none() && kc.is_none() {
+        let figures: Vec<Option<Option<u64>>> = cols
+            .iter()
+            .map(|(_, v)| v.iter().find(|(n, _)| n == c.name).map(|(_, c)| *c))
+            .collect();
+        if figures.iter().all(Option::is_none) {
             continue;
         }
         notes.0 |= c.describe.ends_with("(a)");
         notes.1 |= c.describe.ends_with("(b)");
-        let show = |c: Option<Option<u64>>| match c {
-            Some(Some(c)) => c.to_string(),
-            Some(None) => "FAILED".into(),
-            None => "-".into(),
-        };
-        let ratio = match (rc.flatten(), kc.flatten()) {
-            (Some(a), Some(b)) if b > 0 => format!("{:.2}", a as f64 / b as f64),
-            _ => "-".into(),
-        };
-        println!(
-            "{:<38} {:>10} {:>10} {:>8}",
-            c.describe,
-            show(rc),
-            show(kc),
-            ratio
-        );
+        let mut line = format!("{:<38}", c.describe);
+        for f in &figures {
+            let shown = match f {
+                Some(Some(c)) => c.to_string(),
+                Some(None) => "FAILED".into(),
+                None => "-".into(),
+            };
+            line += &format!(" {shown:>12}");
+        }
+        if let Some(r) = reference {
+            let base = figures[r].flatten();
+            for (i, f) in figures.iter().enumerate() {
+                if i == r {
+                    continue;
+                }
+                let ratio = match (f.flatten(), base) {
+                    (Some(a), Some(b)) if b > 0 => format!("{:.2}", a as f64 / b as f64),
+                    _ => "-".into(),
+                };
+                line += &format!(" {ratio:>12}");
+            }
+        }
+        println!("{line}");
     }
     if notes.0 {
         println!(
@@ -262,9 +284,9 @@ fn main() -> ExitCode {
                 other => Err(format!("no row or group '{other}' (1vcpu, 2vcpus or a row name)")),
             }
         }
-        ["table", rvmx, kvm] => table(rvmx, kvm),
+        ["table", columns @ ..] if !columns.is_empty() => table(columns),
         _ => Err(
-            "usage: rvmx-bench run rvmx|kvm [1vcpu|2vcpus|ROW]  |  rvmx-bench table RVMX_RESULTS KVM_RESULTS".into(),
+            "usage: rvmx-bench run rvmx|kvm [1vcpu|2vcpus|ROW]  |  rvmx-bench table LABEL=RESULTS... (ratios to the one labelled kvm)".into(),
         ),
     };
     match result {

@@ -2,7 +2,9 @@
 
 //! MMIO: a guest access to a guest-physical address outside every slot, or
 //! a write to a read-only slot, becomes an `RVMX_EXIT_MMIO` for user space,
-//! except an access to the vCPU's xAPIC page, which its local APIC serves.
+//! except an access to the vCPU's xAPIC page, which its local APIC serves
+//! (with APIC virtualization, only the accesses the processor does not
+//! serve itself come here, as APIC-access exits).
 //!
 //! The EPT violation only gives the address, so rvmx fetches the faulting
 //! instruction from guest memory and decodes it (`decode`). Fetching reads
@@ -16,7 +18,7 @@ use crate::{
     vmx::{
         current::CurrentVmcs,
         segment::Attributes,
-        vmcs::{Field64, Field64Ro, FieldNat, Seg},
+        vmcs::{Field64, FieldNat, Seg},
     },
 };
 
@@ -24,7 +26,6 @@ use super::{
     decode::{self, CodeMode, MmioInsn, Op, Reg},
     guest_mem, lapic,
     pagewalk::Paging,
-    reason::EptViolation,
 };
 
 /// What emulation needs from the VMCS, taken at the exit.
@@ -39,7 +40,8 @@ pub(crate) struct Fault {
 }
 
 impl Fault {
-    pub(super) fn capture(vmcs: &CurrentVmcs<'_>, v: EptViolation) -> Self {
+    /// An access to `gpa`, by the instruction at the guest's RIP.
+    pub(super) fn at(vmcs: &CurrentVmcs<'_>, gpa: u64, write: bool) -> Self {
         let cs = Attributes::from_access_rights(vmcs.read(Seg::Cs.access_rights()));
         let efer = vmcs.read(Field64::GuestIa32Efer);
         let mode = if efer & vcpu::EFER_LMA != 0 && cs.l != 0 {
@@ -50,8 +52,8 @@ impl Fault {
             CodeMode::Bits16
         };
         Self {
-            gpa: vmcs.read(Field64Ro::GuestPhysicalAddress),
-            write: v.write,
+            gpa,
+            write,
             rip: vmcs.read(FieldNat::GuestRip),
             rsp: vmcs.read(FieldNat::GuestRsp),
             cs_base: vmcs.read(Seg::Cs.base()),

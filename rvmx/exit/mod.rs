@@ -31,7 +31,7 @@ use crate::{
     },
 };
 
-use reason::{CrAccess, EptViolation, ExitReason, Reason};
+use reason::{ApicPageAccess, CrAccess, EptViolation, ExitReason, Reason};
 
 /// What the run loop does after an exit.
 pub(crate) enum Action {
@@ -162,8 +162,11 @@ pub(crate) fn handle(
     // exception through the IDT touched memory that exited): the event is
     // delivered again at the next entry.
     if let Some(e) = Event::interrupted(vmcs) {
-        if reason == Reason::EptViolation {
-            // Event delivery through MMIO cannot be emulated.
+        g.reinject = Some(e);
+        if matches!(reason, Reason::EptViolation | Reason::ApicAccess) {
+            // Event delivery through MMIO cannot be emulated. The event
+            // stays pending: a VMM that maps memory there and runs the
+            // vCPU again has it delivered.
             return internal_error(
                 vcpu,
                 vmcs,
@@ -171,7 +174,6 @@ pub(crate) fn handle(
                 u64::from(e.raw()),
             );
         }
-        g.reinject = Some(e);
     }
     match reason {
         Reason::ExternalInterrupt => Action::Host,
@@ -230,8 +232,26 @@ pub(crate) fn handle(
                     u64::from(raw),
                 );
             }
-            Action::Mmio(mmio::Fault::capture(vmcs, v))
+            Action::Mmio(mmio::Fault::at(
+                vmcs,
+                vmcs.read(Field64Ro::GuestPhysicalAddress),
+                v.write,
+            ))
         }
+        Reason::ApicWrite => vcpu::apicv::write(vcpu, g, qual as u32),
+        Reason::VirtualizedEoi => vcpu::apicv::level_eoi(vcpu, g, qual as u8),
+        Reason::ApicAccess => match (ApicPageAccess::decode(qual), g.lapic.mmio_page()) {
+            // The instruction did not run: emulate it as an access to the page.
+            (Some(a), Some(page)) => {
+                Action::Mmio(mmio::Fault::at(vmcs, page + u64::from(a.offset), a.write))
+            }
+            _ => internal_error(
+                vcpu,
+                vmcs,
+                uapi::RVMX_INTERNAL_ERROR_UNHANDLED_EXIT,
+                u64::from(raw),
+            ),
+        },
         Reason::EptMisconfig | Reason::Other(_) => internal_error(
             vcpu,
             vmcs,

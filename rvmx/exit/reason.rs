@@ -31,6 +31,15 @@ pub(crate) enum Reason {
     Wrmsr,
     Mwait,
     Monitor,
+    /// An access to the xAPIC page that APIC virtualization does not serve
+    /// from the virtual-APIC page (fault-like: the instruction did not run).
+    ApicAccess,
+    /// EOI of a vector set in the EOI-exit bitmap (after the processor did
+    /// the EOI in the virtual-APIC page).
+    VirtualizedEoi,
+    /// A write to an APIC register went to the virtual-APIC page
+    /// (trap-like: the instruction completed).
+    ApicWrite,
     EptViolation,
     EptMisconfig,
     PreemptionTimer,
@@ -61,11 +70,14 @@ impl Reason {
             32 => Self::Wrmsr,
             36 => Self::Mwait,
             39 => Self::Monitor,
+            44 => Self::ApicAccess,
+            45 => Self::VirtualizedEoi,
             48 => Self::EptViolation,
             49 => Self::EptMisconfig,
             52 => Self::PreemptionTimer,
             54 => Self::Wbinvd,
             55 => Self::Xsetbv,
+            56 => Self::ApicWrite,
             other => Self::Other(other),
         }
     }
@@ -169,6 +181,32 @@ impl EptViolation {
     }
 }
 
+/// The exit qualification of an APIC-access exit: the offset in the xAPIC
+/// page, for an access by a linear address (other kinds, during event
+/// delivery or by guest-physical address, are `None`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct ApicPageAccess {
+    pub(crate) offset: u32,
+    pub(crate) write: bool,
+}
+
+impl ApicPageAccess {
+    pub(crate) fn decode(q: u64) -> Option<Self> {
+        let offset = (q & 0xfff) as u32;
+        match (q >> 12) & 0xf {
+            0 => Some(Self {
+                offset,
+                write: false,
+            }),
+            1 => Some(Self {
+                offset,
+                write: true,
+            }),
+            _ => None,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -234,5 +272,29 @@ mod tests {
         assert!(v.write && !v.read && !v.fetch && !v.mapped);
         let v = EptViolation::decode(0x0a);
         assert!(v.write && v.mapped);
+    }
+
+    #[test]
+    fn decodes_apic_access() {
+        assert_eq!(
+            ApicPageAccess::decode(0x1390),
+            Some(ApicPageAccess {
+                offset: 0x390,
+                write: true
+            })
+        );
+        assert_eq!(
+            ApicPageAccess::decode(0x0391),
+            Some(ApicPageAccess {
+                offset: 0x391,
+                write: false
+            })
+        );
+        assert_eq!(ApicPageAccess::decode(0x2000), None, "instruction fetch");
+        assert_eq!(
+            ApicPageAccess::decode(0x3080),
+            None,
+            "during event delivery"
+        );
     }
 }

@@ -127,6 +127,9 @@ pub(crate) struct Lapic {
     icr: u64,
     lvt: [u32; LVT_COUNT],
     timer: Timer,
+    /// A register changed since `take_changed`: APIC virtualization
+    /// mirrors the registers into the virtual-APIC page again.
+    changed: bool,
 }
 
 impl Lapic {
@@ -149,6 +152,7 @@ impl Lapic {
             icr: 0,
             lvt: [LVT_MASKED; LVT_COUNT],
             timer: Timer::default(),
+            changed: true,
         }
     }
 
@@ -198,6 +202,7 @@ impl Lapic {
         if !allowed {
             return Err(Invalid);
         }
+        self.changed = true;
         // The BSP flag is the processor's, not the guest's.
         self.base = (value & !BASE_BSP) | (self.base & BASE_BSP);
         if new == 0 {
@@ -238,6 +243,7 @@ impl Lapic {
     /// CR8 and TPR writes.
     pub(crate) fn set_tpr(&mut self, tpr: u32) {
         self.tpr = tpr & 0xff;
+        self.changed = true;
     }
 
     /// A fixed interrupt arrives (from the bus, an IPI or a local source).
@@ -251,6 +257,7 @@ impl Lapic {
             return;
         }
         self.irr.set(vector);
+        self.changed = true;
         if level_triggered {
             self.tmr.set(vector);
         } else {
@@ -287,6 +294,7 @@ impl Lapic {
     pub(crate) fn acknowledge(&mut self, vector: u8) {
         self.irr.clear(vector);
         self.isr.set(vector);
+        self.changed = true;
     }
 
     /// EOI: the highest in-service interrupt ends.
@@ -363,6 +371,7 @@ impl Lapic {
     /// x2APIC mode) at TSC `now`.
     pub(crate) fn write(&mut self, offset: u32, value: u64, now: u64) -> Result<Effect, Invalid> {
         let v = value as u32;
+        self.changed = true;
         match offset {
             // The APIC ID is fixed: the VMM's CPUID and MADT say it.
             reg::ID if !self.x2apic() => {}
@@ -506,8 +515,54 @@ impl Lapic {
             get(reg::TIMER_CURRENT),
             now,
         );
+        a.changed = true;
         *self = a;
         Ok(())
+    }
+
+    /// Whether a register changed since the last call.
+    pub(crate) fn take_changed(&mut self) -> bool {
+        core::mem::take(&mut self.changed)
+    }
+
+    /// The registers as the processor's APIC virtualization reads them from
+    /// the virtual-APIC page (SDM Vol. 3, 30.4.2, 30.5): each readable
+    /// register at its offset in the current mode (the x2APIC ID and LDR in
+    /// full, the ICR's high half at 0x310 in both modes). The current count
+    /// is left out: the processor never reads it from there (rvmx serves it).
+    pub(crate) fn virtual_registers(&self, mut put: impl FnMut(u32, u32)) {
+        for offset in (reg::ID..0x400).step_by(16) {
+            if offset == reg::TIMER_CURRENT || offset == reg::ICR_HI {
+                continue;
+            }
+            if let Ok(v) = self.read(offset, 0) {
+                put(offset, v);
+            }
+        }
+        put(reg::ICR_HI, (self.icr >> 32) as u32);
+    }
+
+    /// What virtual-interrupt delivery needs besides the page: the highest
+    /// requested vector (RVI) and the highest in service (SVI), 0 for none;
+    /// and the level-triggered vectors, whose EOI must exit (TMR).
+    pub(crate) fn interrupt_status(&self) -> (u8, u8, &Vectors) {
+        (
+            self.irr.highest().unwrap_or(0),
+            self.isr.highest().unwrap_or(0),
+            &self.tmr,
+        )
+    }
+
+    /// Takes what the processor changed in the virtual-APIC page while the
+    /// guest ran: the TPR it wrote, the interrupts it delivered (IRR to ISR)
+    /// and the EOIs it did, and the ICR, whose high half a guest writes
+    /// without an exit (the low half's write exits, and sends). Not a change
+    /// to mirror back.
+    pub(crate) fn sync_from_processor(&mut self, tpr: u32, isr: &Vectors, irr: &Vectors, icr: u64) {
+        self.tpr = tpr & 0xff;
+        self.isr = *isr;
+        self.irr = *irr;
+        self.icr = icr & !(1 << 12);
     }
 
     /// The x2APIC MSR `msr` (0x800-0x8ff) as a register offset.
@@ -711,6 +766,47 @@ mod tests {
             Err(Invalid),
             "another APIC id"
         );
+    }
+
+    #[test]
+    fn virtual_registers_follow_the_mode() {
+        let mut a = enabled(0x21);
+        a.take_changed();
+        a.accept(0x51, true);
+        assert!(a.take_changed(), "an accepted interrupt is a change");
+        assert!(!a.take_changed());
+        a.accept(0x62, false);
+        a.acknowledge(0x62);
+        let regs = |a: &Lapic| {
+            let mut r = [None; 64];
+            a.virtual_registers(|offset, v| r[(offset >> 4) as usize] = Some(v));
+            r
+        };
+        let r = regs(&a);
+        assert_eq!(r[2], Some(0x21 << 24), "xAPIC ID in bits 31:24");
+        assert_eq!(r[0x39], None, "no current count");
+        assert_eq!(r[0x20 + 0x51 / 32], Some(1 << (0x51 % 32)), "IRR");
+        assert_eq!(r[0x18 + 0x51 / 32], Some(1 << (0x51 % 32)), "TMR");
+        assert_eq!(r[0x10 + 0x62 / 32], Some(1 << (0x62 % 32)), "ISR");
+        assert_eq!(a.interrupt_status().0, 0x51);
+        assert_eq!(a.interrupt_status().1, 0x62);
+        a.set_base(0xfee0_0000 | BASE_ENABLE | BASE_EXTD).unwrap();
+        a.write_msr(0x830, (7u64 << 32) | 0x4045, 0).unwrap();
+        let r = regs(&a);
+        assert_eq!(r[2], Some(0x21), "x2APIC ID in full");
+        assert_eq!(r[0xd], Some((2 << 16) | (1 << 1)), "x2APIC LDR");
+        assert_eq!((r[0x30], r[0x31]), (Some(0x4045), Some(7)), "ICR halves");
+        assert_eq!(r[0xe], None, "no DFR in x2APIC mode");
+
+        // The processor delivered 0x51 and took the EOI of 0x62.
+        a.take_changed();
+        let (mut isr, irr) = (Vectors::default(), Vectors::default());
+        isr.set(0x51);
+        a.sync_from_processor(0x30, &isr, &irr, (9u64 << 32) | 0x4045);
+        assert!(!a.take_changed());
+        assert_eq!(a.read(reg::PPR, 0), Ok(0x50));
+        assert_eq!(a.write(reg::EOI, 0, 0), Ok(Effect::LevelEoi(0x51)));
+        assert_eq!(a.read_msr(0x830, 0), Ok((9u64 << 32) | 0x4045));
     }
 
     #[test]

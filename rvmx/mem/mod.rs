@@ -32,6 +32,9 @@ impl Slot {
 pub(crate) struct Memory {
     slots: KVec<Slot>,
     pub(crate) ept: Ept,
+    /// A page rvmx itself maps in the EPT (the APIC-access page), which no
+    /// slot may cover.
+    private: Option<u64>,
 }
 
 /// Pages a slot change unmapped from the EPT. They are still pinned: the
@@ -45,7 +48,16 @@ impl Memory {
         Ok(Self {
             slots: KVec::new(),
             ept: Ept::new()?,
+            private: None,
         })
+    }
+
+    /// Maps the host page `hpa` at `gpa` for rvmx's own use, read/write;
+    /// slots covering `gpa` are refused from now on (EEXIST).
+    pub(crate) fn map_private(&mut self, gpa: u64, hpa: u64) -> Result {
+        self.ept.map(gpa, hpa, entry::READ | entry::WRITE)?;
+        self.private = Some(gpa);
+        Ok(())
     }
 
     /// Applies `RVMX_SET_USER_MEMORY_REGION`. Whatever the result, the
@@ -65,6 +77,19 @@ impl Memory {
         for s in &self.slots {
             if let Err(e) = existing.push(s.region, GFP_KERNEL) {
                 return (Err(e.into()), None);
+            }
+        }
+        if let Some(gpa) = self.private {
+            // As a slot of one page, for the overlap check.
+            let page = Region {
+                slot: u32::MAX,
+                flags: 0,
+                gpa,
+                size: 4096,
+                uaddr: 0,
+            };
+            if req.size != 0 && req.overlaps(&page) {
+                return (Err(EEXIST), None);
             }
         }
         let change = match rules::check(&req, &existing) {

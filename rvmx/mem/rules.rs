@@ -30,7 +30,7 @@ impl Region {
         self.gpa + self.size
     }
 
-    fn overlaps(&self, other: &Region) -> bool {
+    pub(crate) fn overlaps(&self, other: &Region) -> bool {
         self.gpa < other.end() && other.gpa < self.end()
     }
 }

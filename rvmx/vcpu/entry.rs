@@ -26,7 +26,7 @@ use crate::{
     },
 };
 
-use super::{mailbox::Mailbox, regs::RAX, reset, Guest, MpState, Pending, UserExit, Vcpu};
+use super::{apicv, mailbox::Mailbox, regs::RAX, reset, Guest, MpState, Pending, UserExit, Vcpu};
 
 const INTR_TYPE_EXTERNAL: u32 = 0;
 const INTR_TYPE_NMI: u32 = 2;
@@ -271,6 +271,7 @@ pub(super) fn prepare(
         g.reset_pending = false;
         reset::program(vcpu, vmcs);
         g.proc = vcpu.vm.controls.proc;
+        g.proc2 = vcpu.vm.controls.proc2;
     }
     if g.mp != MpState::Runnable {
         return Prepared::NotRunnable;
@@ -289,6 +290,7 @@ pub(super) fn prepare(
     }
     run_timer(vcpu, g);
     vcpu.mailbox().publish_target(&g.lapic.target());
+    apicv::mirror(vmcs, g);
     inject(vcpu, vmcs, g);
 
     // The preemption timer counts down at TSC >> IA32_VMX_MISC[4:0]: the
@@ -307,16 +309,23 @@ pub(super) fn prepare(
 }
 
 /// Chooses the event of the next entry, and the window exits for the ones
-/// that must wait.
+/// that must wait. With APIC virtualization the processor delivers the
+/// local APIC's interrupts itself (`apicv`): only the other events are
+/// injected here.
 fn inject(vcpu: &Vcpu, vmcs: &CurrentVmcs<'_>, g: &mut Guest) {
     let protected = super::guest_cr0(vmcs) & 1 != 0;
+    let deliverable = if g.vapic.is_some() {
+        None
+    } else {
+        g.lapic.deliverable()
+    };
     let mut irq_window = false;
     let mut nmi_window = false;
     let reinjected = g.reinject.is_some();
     if let Some(e) = g.reinject.take().or_else(|| g.exception.take()) {
         vcpu.stats.injected(e.kind(), reinjected);
         e.write(vmcs, protected);
-        irq_window = g.lapic.deliverable().is_some();
+        irq_window = deliverable.is_some();
         nmi_window = g.nmi_pending;
     } else if g.nmi_pending {
         let blocked = BLOCKING_STI | BLOCKING_MOV_SS | BLOCKING_NMI;
@@ -327,8 +336,8 @@ fn inject(vcpu: &Vcpu, vmcs: &CurrentVmcs<'_>, g: &mut Guest) {
         } else {
             nmi_window = true;
         }
-        irq_window = g.lapic.deliverable().is_some();
-    } else if let Some(v) = g.lapic.deliverable() {
+        irq_window = deliverable.is_some();
+    } else if let Some(v) = deliverable {
         if interruptible(vmcs) {
             g.lapic.acknowledge(v);
             Event::external(v).write(vmcs, protected);

@@ -11,6 +11,7 @@
 //! leaving the window. Since the VMCS is cleared at every window exit, the
 //! vCPU thread may run the next window on any CPU.
 
+pub(crate) mod apicv;
 mod cpuid;
 mod cr;
 pub(crate) mod entry;
@@ -143,6 +144,8 @@ pub(crate) struct Guest {
     pub(crate) fpu: GuestFpu,
     pub(crate) cpuid: cpuid::CpuidTable,
     pub(crate) lapic: Lapic,
+    /// The virtual-APIC page, where the VM uses APIC virtualization.
+    pub(crate) vapic: Option<apicv::VirtualApicPage>,
     pub(crate) mp: MpState,
     /// RFLAGS.IF at the HLT that halted the vCPU: what may wake it.
     pub(crate) halted_with_if: bool,
@@ -162,8 +165,10 @@ pub(crate) struct Guest {
     pub(crate) reset_pending: bool,
     /// A SIPI's vector, where the next entry starts.
     pub(crate) sipi: Option<u8>,
-    /// The processor-based controls as the VMCS has them (window exits).
+    /// The processor-based controls as the VMCS has them (window exits,
+    /// MSR bitmap), and the secondary ones (APIC access virtualization).
     pub(crate) proc: u32,
+    pub(crate) proc2: u32,
     /// Guest TSC = host TSC + this (wrapping): the VM's, so its vCPUs agree.
     pub(crate) tsc_offset: u64,
     pub(crate) mtrr_def_type: u64,
@@ -212,6 +217,8 @@ pub(crate) struct Vcpu {
     pub(crate) vm: Arc<Vm>,
     pub(crate) id: u32,
     pub(crate) vpid: u16,
+    /// The physical address of the virtual-APIC page (`Guest::vapic`).
+    pub(crate) vapic_phys: Option<u64>,
     pub(crate) run: RunArea,
     /// Counters (`stats`): written by the thread in `RVMX_RUN`, read anywhere.
     pub(crate) stats: Arc<VcpuStats>,
@@ -243,13 +250,24 @@ impl Vcpu {
         let fpu = GuestFpu::new();
         let vmcs = PageBuf::vmx_region(vm.host.caps.vmcs_revision());
         let run = RunArea::new();
-        let (fpu, vmcs, run) = match (fpu, vmcs, run) {
-            (Ok(f), Ok(v), Ok(r)) => (f, v, r),
-            (f, v, r) => {
+        let vapic = vm
+            .apic_pages
+            .as_ref()
+            .map(|_| apicv::VirtualApicPage::new())
+            .transpose();
+        let (fpu, vmcs, run, vapic) = match (fpu, vmcs, run, vapic) {
+            (Ok(f), Ok(v), Ok(r), Ok(a)) => (f, v, r, a),
+            (f, v, r, a) => {
                 vm.host.vpids.free(vpid);
-                return Err(f.err().or(v.err()).or(r.err()).unwrap_or(ENOMEM));
+                return Err(f
+                    .err()
+                    .or(v.err())
+                    .or(r.err())
+                    .or(a.err())
+                    .unwrap_or(ENOMEM));
             }
         };
+        let vapic_phys = vapic.as_ref().map(|p| p.phys());
         let mut regs = GuestRegs::default();
         // EDX after reset: the processor signature (family 6).
         regs.gpr[regs::RDX] = 0x600;
@@ -260,6 +278,7 @@ impl Vcpu {
             fpu,
             cpuid: cpuid::CpuidTable::new(),
             lapic: Lapic::new(id),
+            vapic,
             // vCPU 0 is the bootstrap processor; the others wait for SIPI.
             mp: if id == 0 {
                 MpState::Runnable
@@ -276,6 +295,7 @@ impl Vcpu {
             reset_pending: false,
             sipi: None,
             proc: vm.controls.proc,
+            proc2: vm.controls.proc2,
             tsc_offset: vm.tsc_offset,
             mtrr_def_type: 0,
         };
@@ -289,7 +309,7 @@ impl Vcpu {
         // If the allocation fails, `PinnedDrop` never runs: free the VPID here.
         let host = vm.host.clone();
         Arc::pin_init(
-            try_pin_init!(Self { vm, id, vpid, run, stats, state <- new_mutex!(state) }),
+            try_pin_init!(Self { vm, id, vpid, vapic_phys, run, stats, state <- new_mutex!(state) }),
             GFP_KERNEL_ACCOUNT,
         )
         .inspect(|v| v.vm.stats.add(M::Vcpus, 1))
@@ -440,6 +460,7 @@ impl Vcpu {
                 break Left::ToUser;
             }
             launched = 1;
+            apicv::sync(guest);
             match self
                 .stats
                 .action(exit::handle(self, &vmcs, guest, window_end))

@@ -9,7 +9,7 @@ use crate::vmx::{
     vmcs::{Field16, Field32, Field64, FieldNat, Seg},
 };
 
-use super::{cr, Vcpu};
+use super::{apicv, cr, Vcpu};
 
 /// Guest PAT after reset.
 pub(crate) const PAT_DEFAULT: u64 = 0x0007_0406_0007_0406;
@@ -30,6 +30,7 @@ pub(crate) fn program(vcpu: &Vcpu, vmcs: &CurrentVmcs<'_>) {
     vmcs.write(Field32::ProcBasedControls2, c.proc2);
     vmcs.write(Field32::ExitControls, c.exit);
     vmcs.write(Field32::EntryControls, c.entry);
+    apicv::program(vcpu, vmcs);
     vmcs.write(Field32::ExceptionBitmap, 0);
     vmcs.write(Field32::PageFaultErrorCodeMask, 0);
     vmcs.write(Field32::PageFaultErrorCodeMatch, 0);

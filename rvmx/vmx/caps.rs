@@ -14,6 +14,19 @@ pub(crate) const PROC2_ENABLE_EPT: u32 = 1 << 1;
 pub(crate) const PROC2_ENABLE_VPID: u32 = 1 << 5;
 pub(crate) const PROC2_UNRESTRICTED_GUEST: u32 = 1 << 7;
 
+/// The controls of APIC virtualization (SDM Vol. 3, Chapter 30): rvmx uses
+/// them all together, or none (`VmxCaps::has_apicv`).
+pub(crate) const PROC_USE_TPR_SHADOW: u32 = 1 << 21;
+pub(crate) const PROC_USE_MSR_BITMAPS: u32 = 1 << 28;
+pub(crate) const PROC2_VIRTUALIZE_APIC_ACCESSES: u32 = 1 << 0;
+pub(crate) const PROC2_VIRTUALIZE_X2APIC_MODE: u32 = 1 << 4;
+pub(crate) const PROC2_APIC_REGISTER_VIRTUALIZATION: u32 = 1 << 8;
+pub(crate) const PROC2_VIRTUAL_INTERRUPT_DELIVERY: u32 = 1 << 9;
+const PROC2_APICV: u32 = PROC2_VIRTUALIZE_APIC_ACCESSES
+    | PROC2_VIRTUALIZE_X2APIC_MODE
+    | PROC2_APIC_REGISTER_VIRTUALIZATION
+    | PROC2_VIRTUAL_INTERRUPT_DELIVERY;
+
 /// IA32_VMX_EPT_VPID_CAP: INVEPT single-context (bit 25), INVVPID
 /// single-context (bit 41).
 const EPT_INVEPT_SINGLE_CONTEXT: u64 = 1 << 25;
@@ -119,6 +132,14 @@ impl VmxCaps {
 
     pub(crate) fn has_unrestricted_guest(&self) -> bool {
         self.may_set_secondary(PROC2_UNRESTRICTED_GUEST)
+    }
+
+    /// TPR shadow, MSR bitmaps, xAPIC and x2APIC virtualization,
+    /// APIC-register virtualization and virtual-interrupt delivery.
+    pub(crate) fn has_apicv(&self) -> bool {
+        let proc = PROC_USE_TPR_SHADOW | PROC_USE_MSR_BITMAPS | PROC_ACTIVATE_SECONDARY;
+        allowed1(self.procbased) & proc == proc
+            && allowed1(self.procbased2) & PROC2_APICV == PROC2_APICV
     }
 
     /// Whether `cr0` satisfies the VMX fixed-bit constraints on CR0.

@@ -9,7 +9,10 @@
 //! Pure logic: also compiled into the host unit tests.
 
 use super::caps::{
-    VmxCaps, PROC2_ENABLE_EPT, PROC2_ENABLE_VPID, PROC2_UNRESTRICTED_GUEST, PROC_ACTIVATE_SECONDARY,
+    VmxCaps, PROC2_APIC_REGISTER_VIRTUALIZATION, PROC2_ENABLE_EPT, PROC2_ENABLE_VPID,
+    PROC2_UNRESTRICTED_GUEST, PROC2_VIRTUALIZE_APIC_ACCESSES, PROC2_VIRTUALIZE_X2APIC_MODE,
+    PROC2_VIRTUAL_INTERRUPT_DELIVERY, PROC_ACTIVATE_SECONDARY, PROC_USE_MSR_BITMAPS,
+    PROC_USE_TPR_SHADOW,
 };
 
 pub(crate) const PIN_EXTERNAL_INTERRUPT_EXITING: u32 = 1 << 0;
@@ -95,14 +98,33 @@ pub(crate) struct Controls {
     pub(crate) exit: u32,
     /// Without `ENTRY_IA32E_MODE_GUEST`, which follows the guest's EFER.LMA.
     pub(crate) entry: u32,
+    /// APIC virtualization (`vcpu::apicv`): CR8 and TPR through the TPR
+    /// shadow, APIC reads from the virtual-APIC page, writes as trap-like
+    /// exits, interrupts delivered and EOIs taken by the processor. Which
+    /// page or MSRs the guest's accesses come through (xAPIC or x2APIC) is
+    /// set per vCPU, as its APIC's mode changes. Without it, CR8 accesses
+    /// exit and every APIC access is emulated.
+    pub(crate) apicv: bool,
 }
 
 impl Controls {
-    pub(crate) fn new(caps: &VmxCaps) -> Result<Self, Unsupported> {
+    /// `apicv`: use APIC virtualization if the CPU has all of it.
+    pub(crate) fn new(caps: &VmxCaps, apicv: bool) -> Result<Self, Unsupported> {
         let vpid = if caps.has_vpid() {
             PROC2_ENABLE_VPID
         } else {
             0
+        };
+        let apicv = apicv && caps.has_apicv();
+        // CR8 is the guest's TPR, which must never reach the host's: the
+        // TPR shadow keeps it in the virtual-APIC page, or CR8 exits.
+        let (proc_apic, proc2_apic) = if apicv {
+            (
+                PROC_USE_TPR_SHADOW,
+                PROC2_APIC_REGISTER_VIRTUALIZATION | PROC2_VIRTUAL_INTERRUPT_DELIVERY,
+            )
+        } else {
+            (PROC_CR8_LOAD_EXITING | PROC_CR8_STORE_EXITING, 0)
         };
         Ok(Self {
             // The preemption timer is the local APIC timer while in guest
@@ -117,13 +139,11 @@ impl Controls {
             proc: adjust(
                 "processor-based",
                 caps.procbased,
-                // CR8 is the guest's TPR, which must never reach the
-                // host's; RDPMC would read the host's counters.
+                // RDPMC would read the host's counters.
                 PROC_HLT_EXITING
                     | PROC_RDPMC_EXITING
                     | PROC_USE_TSC_OFFSETTING
-                    | PROC_CR8_LOAD_EXITING
-                    | PROC_CR8_STORE_EXITING
+                    | proc_apic
                     | PROC_UNCONDITIONAL_IO_EXITING
                     | PROC_MOV_DR_EXITING
                     | PROC_MWAIT_EXITING
@@ -139,7 +159,7 @@ impl Controls {
             proc2: adjust(
                 "secondary processor-based",
                 caps.procbased2,
-                PROC2_ENABLE_EPT | PROC2_UNRESTRICTED_GUEST,
+                PROC2_ENABLE_EPT | PROC2_UNRESTRICTED_GUEST | proc2_apic,
                 vpid | PROC2_ENABLE_RDTSCP | PROC2_ENABLE_INVPCID | PROC2_WBINVD_EXITING,
                 0,
             )?,
@@ -157,6 +177,7 @@ impl Controls {
                 ENTRY_LOAD_PAT,
                 ENTRY_IA32E_MODE_GUEST,
             )?,
+            apicv,
         })
     }
 
@@ -167,6 +188,36 @@ impl Controls {
 
     pub(crate) fn uses_vpid(&self) -> bool {
         self.proc2 & PROC2_ENABLE_VPID != 0
+    }
+}
+
+/// Which of a vCPU's APIC accesses the processor virtualizes, with APIC
+/// virtualization: it follows the APIC's mode.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum ApicVirtualization {
+    /// Through the xAPIC page at the default base.
+    Xapic,
+    /// Through the x2APIC MSRs (the VM's MSR bitmap passes them).
+    X2apic,
+    /// None: the APIC is disabled or its page moved; every access exits.
+    Off,
+}
+
+impl ApicVirtualization {
+    /// The processor-based controls (primary, secondary) for this mode.
+    /// Without the MSR bitmap every RDMSR/WRMSR exits, as an x2APIC MSR
+    /// access must while the APIC is not in x2APIC mode.
+    pub(crate) fn controls(self, proc: u32, proc2: u32) -> (u32, u32) {
+        let mode2 = PROC2_VIRTUALIZE_APIC_ACCESSES | PROC2_VIRTUALIZE_X2APIC_MODE;
+        let (proc, proc2) = (proc & !PROC_USE_MSR_BITMAPS, proc2 & !mode2);
+        match self {
+            Self::Xapic => (proc, proc2 | PROC2_VIRTUALIZE_APIC_ACCESSES),
+            Self::X2apic => (
+                proc | PROC_USE_MSR_BITMAPS,
+                proc2 | PROC2_VIRTUALIZE_X2APIC_MODE,
+            ),
+            Self::Off => (proc, proc2),
+        }
     }
 }
 
@@ -217,7 +268,7 @@ mod tests {
             entry: 0x0000_ffff_0000_11fb,
             ..VmxCaps::default()
         };
-        let c = Controls::new(&caps).expect("Bochs offers everything rvmx needs");
+        let c = Controls::new(&caps, false).expect("Bochs offers everything rvmx needs");
         assert_eq!(
             c.pin & (PIN_EXTERNAL_INTERRUPT_EXITING | PIN_NMI_EXITING),
             0x9
@@ -238,5 +289,32 @@ mod tests {
         assert!(c.uses_vpid());
         assert_eq!(c.entry & ENTRY_IA32E_MODE_GUEST, 0);
         assert_ne!(c.exit & EXIT_LOAD_EFER, 0);
+        assert!(!c.apicv);
+
+        let v = Controls::new(&caps, true).expect("Bochs has APIC virtualization");
+        assert!(v.apicv);
+        assert_eq!(
+            v.proc & (PROC_CR8_LOAD_EXITING | PROC_CR8_STORE_EXITING | PROC_USE_TPR_SHADOW),
+            PROC_USE_TPR_SHADOW,
+            "CR8 through the TPR shadow"
+        );
+        let both = PROC2_APIC_REGISTER_VIRTUALIZATION | PROC2_VIRTUAL_INTERRUPT_DELIVERY;
+        assert_eq!(v.proc2 & both, both);
+        // A CPU without virtual-interrupt delivery: none of it.
+        let older = VmxCaps {
+            procbased2: caps.procbased2 & !(u64::from(PROC2_VIRTUAL_INTERRUPT_DELIVERY) << 32),
+            ..caps
+        };
+        assert_eq!(Controls::new(&older, true), Controls::new(&older, false));
+    }
+
+    #[test]
+    fn apic_access_controls_follow_the_mode() {
+        let (p, p2) = ApicVirtualization::X2apic.controls(0x10, 0x2);
+        assert_eq!(p, 0x10 | PROC_USE_MSR_BITMAPS);
+        assert_eq!(p2, 0x2 | PROC2_VIRTUALIZE_X2APIC_MODE);
+        let (p, p2) = ApicVirtualization::Xapic.controls(p, p2);
+        assert_eq!((p, p2), (0x10, 0x2 | PROC2_VIRTUALIZE_APIC_ACCESSES));
+        assert_eq!(ApicVirtualization::Off.controls(p, p2), (0x10, 0x2));
     }
 }

@@ -42,6 +42,9 @@ pub(crate) struct VmxHost {
     /// unmasks host interrupts at VM entry when IF changes, and the host's
     /// is 0.
     pub(crate) window_tsc: u64,
+    /// APIC virtualization was asked for (module parameter `apicv`); VMs
+    /// use it if the CPU has it (`Controls::apicv`).
+    apicv: bool,
 }
 
 /// What [`VmxHost::probe`] found on the online CPUs.
@@ -109,8 +112,9 @@ fn missing_host_feature() -> Option<&'static str> {
 }
 
 impl VmxHost {
-    /// Checks that this CPU can do what rvmx needs and reads its capabilities.
-    pub(crate) fn new() -> Result<Self> {
+    /// Checks that this CPU can do what rvmx needs and reads its
+    /// capabilities. `apicv`: VMs use APIC virtualization where the CPU has it.
+    pub(crate) fn new(apicv: bool) -> Result<Self> {
         if instr::cpuid(1, 0).2 & CPUID_1_ECX_VMX == 0 {
             pr_err!("this CPU has no VMX (CPUID.1:ECX.VMX=0): rvmx needs an Intel CPU with VT-x, or a VM with nested VMX\n");
             return Err(ENODEV);
@@ -143,6 +147,7 @@ impl VmxHost {
             regions,
             vpids: VpidPool::new(),
             window_tsc,
+            apicv,
         })
     }
 
@@ -171,7 +176,7 @@ impl VmxHost {
 
     /// The control words VMs on this host use.
     pub(crate) fn controls(&self) -> Result<Controls, Unsupported> {
-        Controls::new(&self.caps)
+        Controls::new(&self.caps, self.apicv)
     }
 
     /// Enters and leaves VMX root operation on every online CPU, now.

@@ -50,6 +50,7 @@ fields!(
         GuestGsSelector = 0x080a,
         GuestLdtrSelector = 0x080c,
         GuestTrSelector = 0x080e,
+        GuestInterruptStatus = 0x0810,
         HostEsSelector = 0x0c00,
         HostCsSelector = 0x0c02,
         HostSsSelector = 0x0c04,
@@ -63,8 +64,15 @@ fields!(
 fields!(
     /// 64-bit control and state fields.
     Field64: u64, rw {
+        MsrBitmap = 0x2004,
         TscOffset = 0x2010,
+        VirtualApicPage = 0x2012,
+        ApicAccessPage = 0x2014,
         EptPointer = 0x201a,
+        EoiExitBitmap0 = 0x201c,
+        EoiExitBitmap1 = 0x201e,
+        EoiExitBitmap2 = 0x2020,
+        EoiExitBitmap3 = 0x2022,
         VmcsLinkPointer = 0x2800,
         GuestIa32Debugctl = 0x2802,
         GuestIa32Pat = 0x2804,
@@ -98,6 +106,7 @@ fields!(
         EntryInterruptionInfo = 0x4016,
         EntryExceptionErrorCode = 0x4018,
         EntryInstructionLength = 0x401a,
+        TprThreshold = 0x401c,
         ProcBasedControls2 = 0x401e,
         GuestEsLimit = 0x4800,
         GuestCsLimit = 0x4802,

@@ -119,9 +119,17 @@ pub const TESTS: &[Test] = &[
         name: "msi_to_a_software_disabled_lapic_is_dropped",
         run: msi_to_a_software_disabled_lapic_is_dropped,
     },
+    Test {
+        name: "interrupt_whose_delivery_faulted_is_reinjected",
+        run: interrupt_whose_delivery_faulted_is_reinjected,
+    },
 ];
 
 // ---- Guest code -----------------------------------------------------------
+
+/// Guest-physical address of a stack with no memory behind it until the
+/// VMM adds a slot there (`interrupt_whose_delivery_faulted_is_reinjected`).
+const HOLE: u64 = 0x40_0000;
 
 // The guest-assembly macros (`guest!`, `code!`, `x2apic_on!`, `eoi!`,
 // `iret64!`, `rdtsc64!`, `set_handler!`) live in labguest, shared with the
@@ -235,6 +243,31 @@ guest!(
     "iretq",
     "G_PRIV_ud:",
     "add qword ptr [rsp + 24], 3", // mov rbx, dr4: 0f 21 e3
+    iret64!(),
+);
+
+// With its stack moved to HOLE + 0x1000 (no memory there yet), the guest
+// takes the MSI the VMM sends at its OUT 0x10: delivery faults pushing the
+// frame. Once memory is there, the interrupt comes, on that stack; then the
+// old stack is back.
+guest!(
+    G_HOLE,
+    set_handler!(G_HOLE_h),
+    x2apic_on!(),
+    "mov rbx, rsp",
+    "mov rsp, 0x401000",
+    "sti",
+    "out 0x10, al",
+    "cli",
+    "mov rsp, rbx",
+    "out 0x12, al",
+    "out 0xf4, al",
+    "G_HOLE_h:",
+    "out 0x11, al",
+    "mov rax, rsp",
+    "shr rax, 12",
+    "out 0x13, eax",
+    eoi!(),
     iret64!(),
 );
 
@@ -1241,6 +1274,56 @@ fn msi_injects_fixed_interrupt(_: &Ctx) -> TestResult {
         "run area apic_base {:#x}, want 0xfee00d00 (x2APIC, enabled, BSP)",
         run.apic_base
     );
+    Ok(())
+}
+
+fn interrupt_whose_delivery_faulted_is_reinjected(_: &Ctx) -> TestResult {
+    let mut t = TestVm::long_mode_idt(MEM, code!(G_HOLE))?;
+    let _watchdog = Watchdog::start(WATCHDOG);
+    let ev = next_ev(&mut t.vcpu)?;
+    ensure!(is_out(ev, 0x10), "first exit {ev:?}, want the OUT 0x10");
+    msi_to_0(&t.vm, 0x41)?;
+    t.vcpu.run().ctx("RVMX_RUN")?;
+    let Some((sub, data)) = t.vcpu.internal_error() else {
+        let reason = t.vcpu.run_area().exit_reason;
+        return Err(Outcome::Fail(format!(
+            "exit {}, want the internal error of a fault in event delivery",
+            t.describe_exit(reason)
+        )));
+    };
+    ensure!(
+        sub == sys::RVMX_INTERNAL_ERROR_DELIVERY_EV,
+        "internal error {sub} ({data:x?}), want DELIVERY_EV"
+    );
+    // Valid, external interrupt, vector 0x41; the fault was in the hole.
+    ensure!(
+        data.first() == Some(&0x8000_0041),
+        "vectoring information {data:x?}, want 0x80000041"
+    );
+    ensure!(
+        data.get(3).is_some_and(|&gpa| gpa & !0xfff == HOLE),
+        "fault address {data:x?}, want in page {HOLE:#x}"
+    );
+    let stack = labguest::GuestMem::new(0x1000).ctx("mmap the stack")?;
+    // SAFETY: `stack` is only the guest's, and outlives the VM (dropped
+    // after `t` at the end of this function).
+    unsafe {
+        t.vm.set_user_memory_region(crate::guest::region(1, HOLE, 0x1000, stack.addr(), 0))
+    }
+    .ctx("RVMX_SET_USER_MEMORY_REGION at the hole")?;
+    let evs = trace(&mut t.vcpu, |_| Ok(()))?;
+    check(
+        "after memory was added at the faulting stack",
+        &evs,
+        &[
+            vector(0x41),
+            val(0x13, (HOLE >> 12) as u32), // the handler ran on that stack
+            mark(0x12),
+            Want::Done,
+        ],
+    )?;
+    drop(t);
+    drop(stack);
     Ok(())
 }
 
