@@ -115,6 +115,11 @@ counters! {
         NmiInjections = ("nmi_injections", Cumulative, None),
         InjectException = ("inject_exception", Cumulative, None),
         InjectReinjected = ("inject_reinjected", Cumulative, None),
+        /// With APIC virtualization: interrupts rvmx requested that the
+        /// processor delivered itself (virtual-interrupt delivery), seen at
+        /// the next exit. Self-IPIs the processor both virtualized and
+        /// delivered between two exits are not seen.
+        IrqVirtualDeliveries = ("irq_virtual_deliveries", Cumulative, None),
         /// HLTs that halted the vCPU (not those an event ended at once).
         Halts = ("halts", Cumulative, None),
         /// Halts ended while the vCPU polled, before it slept.

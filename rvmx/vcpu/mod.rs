@@ -460,7 +460,8 @@ impl Vcpu {
                 break Left::ToUser;
             }
             launched = 1;
-            apicv::sync(guest);
+            self.stats
+                .add(V::IrqVirtualDeliveries, u64::from(apicv::sync(guest)));
             match self
                 .stats
                 .action(exit::handle(self, &vmcs, guest, window_end))

@@ -195,7 +195,20 @@ fn stats_count_interrupts_timer_and_halt(_: &Ctx) -> TestResult {
     expect(&s, &snap, "ipi_sent", 3)?;
     expect(&s, &snap, "ipi_received", 3)?;
     expect(&s, &snap, "timer_expiries", 1)?;
-    expect(&s, &snap, "irq_injections", 5)?;
+    // Without APIC virtualization rvmx injects all five interrupts; with
+    // it, the processor delivers them itself, and the SELF IPI MSR's,
+    // virtualized and delivered between two exits, is not seen.
+    let injected = value(&s, &snap, "irq_injections")?;
+    let virtual_ = value(&s, &snap, "irq_virtual_deliveries")?;
+    ensure!(
+        if virtual_ == 0 {
+            injected == 5
+        } else {
+            (4..=5).contains(&(injected + virtual_))
+        },
+        "irq_injections {injected} + irq_virtual_deliveries {virtual_}: want 5 injections without \
+         APIC virtualization, 4 or 5 interrupts in all with it"
+    );
     expect(&s, &snap, "nmi_injections", 0)?;
     expect(&s, &snap, "inject_exception", 0)?;
     expect(&s, &snap, "exit_hlt", 1)?;
