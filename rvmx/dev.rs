@@ -93,6 +93,7 @@ fn vmx_caps(host: &VmxHost, report: &ProbeReport) -> uapi::rvmx_vmx_caps {
         ),
         (c.has_true_controls(), uapi::RVMX_CAP_TRUE_CONTROLS),
         (VmxHost::host_uses_fred(), uapi::RVMX_CAP_HOST_FRED),
+        (host.controls().is_ok_and(|c| c.apicv), uapi::RVMX_CAP_APICV),
     ]
     .into_iter()
     .filter(|(set, _)| *set)

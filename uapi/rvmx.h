@@ -31,6 +31,9 @@
 #define RVMX_CAP_TRUE_CONTROLS		(1u << 5)
 /* The host delivers events with FRED (affects NMI hand-off). */
 #define RVMX_CAP_HOST_FRED		(1u << 6)
+/* VMs use the processor's APIC virtualization (the CPU has it and the module
+ * parameter apicv is 1). */
+#define RVMX_CAP_APICV			(1u << 7)
 
 /*
  * VMX capabilities of the host, as the processor reports them.

@@ -63,22 +63,25 @@ impl VirtualApicPage {
         virt_to_phys(&*self.0)
     }
 
-    fn slot(&self, offset: u32) -> *mut u32 {
-        // In the page (offset < 4096) and 4-byte aligned, whatever `offset`.
-        let at = (offset & 0xffc) as usize;
-        self.0 .0.as_ptr().wrapping_add(at).cast::<u32>().cast_mut()
+    /// The byte index of the register at `offset`: inside the page and
+    /// 4-byte aligned, whatever `offset`.
+    fn index(offset: u32) -> usize {
+        (offset & 0xffc) as usize
     }
 
     fn read(&self, offset: u32) -> u32 {
-        // SAFETY: `slot` is an aligned u32 inside the page this owns; the
-        // processor does not write it now (the guest is not running).
-        unsafe { core::ptr::read_volatile(self.slot(offset)) }
+        let at = self.0 .0.as_ptr().wrapping_add(Self::index(offset));
+        // SAFETY: `at` is an aligned u32 inside the page this owns (the page
+        // is 4096-aligned); the processor does not write it now (the guest
+        // is not running).
+        unsafe { core::ptr::read_volatile(at.cast::<u32>()) }
     }
 
     fn write(&mut self, offset: u32, value: u32) {
+        let at = self.0 .0.as_mut_ptr().wrapping_add(Self::index(offset));
         // SAFETY: as in `read`; `&mut self` excludes any other access by
         // software.
-        unsafe { core::ptr::write_volatile(self.slot(offset), value) }
+        unsafe { core::ptr::write_volatile(at.cast::<u32>(), value) }
     }
 
     fn vectors(&self, base: u32) -> Vectors {

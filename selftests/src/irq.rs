@@ -248,8 +248,10 @@ guest!(
 
 // With its stack moved to HOLE + 0x1000 (no memory there yet), the guest
 // takes the MSI the VMM sends at its OUT 0x10: delivery faults pushing the
-// frame. Once memory is there, the interrupt comes, on that stack; then the
-// old stack is back.
+// frame. Once memory is there, the interrupt comes, on that stack. Then the
+// same with a #GP (error code 0x1230: a selector past the GDT's limit) and
+// its stack at HOLE + 0x3000. The handler reports the stack's page, and the
+// #GP's error code.
 guest!(
     G_HOLE,
     set_handler!(G_HOLE_h),
@@ -261,14 +263,33 @@ guest!(
     "cli",
     "mov rsp, rbx",
     "out 0x12, al",
+    "mov rsp, 0x403000",
+    "mov eax, 0x1230",
+    "mov ds, eax", // 8e d8 (LLVM puts a 66 prefix on the ax form)
+    "mov rsp, rbx",
+    "out 0x15, al",
     "out 0xf4, al",
     "G_HOLE_h:",
     "out 0x11, al",
+    "cmp al, 13",
+    "je G_HOLE_gp",
     "mov rax, rsp",
     "shr rax, 12",
     "out 0x13, eax",
     eoi!(),
     iret64!(),
+    "G_HOLE_gp:",
+    "mov rax, rsp",
+    "shr rax, 12",
+    "out 0x13, eax",
+    "mov rax, [rsp + 24]",
+    "out 0x14, eax",
+    "add qword ptr [rsp + 32], 2", // mov ds, eax
+    "pop rdx",
+    "pop rcx",
+    "pop rax",
+    "add rsp, 8",
+    "iretq",
 );
 
 // Takes what the state restored at its OUT 0x10 holds: a pending exception
@@ -1283,6 +1304,44 @@ fn interrupt_whose_delivery_faulted_is_reinjected(_: &Ctx) -> TestResult {
     let ev = next_ev(&mut t.vcpu)?;
     ensure!(is_out(ev, 0x10), "first exit {ev:?}, want the OUT 0x10");
     msi_to_0(&t.vm, 0x41)?;
+    // Valid, external interrupt 0x41; then valid, hardware exception 13
+    // with an error code.
+    let first = delivery_fault(&mut t, 0x8000_0041, HOLE)?;
+    let evs = (0..3)
+        .map(|_| next_ev(&mut t.vcpu))
+        .collect::<Result<Vec<_>, _>>()?;
+    check(
+        "after memory was added at the interrupt's stack",
+        &evs,
+        &[
+            vector(0x41),
+            val(0x13, (HOLE >> 12) as u32), // the handler ran on that stack
+            mark(0x12),
+        ],
+    )?;
+    let second = delivery_fault(&mut t, 0x8000_0b0d, HOLE + 0x2000)?;
+    let evs = trace(&mut t.vcpu, |_| Ok(()))?;
+    check(
+        "after memory was added at the #GP's stack",
+        &evs,
+        &[
+            vector(13),
+            val(0x13, ((HOLE + 0x2000) >> 12) as u32),
+            val(0x14, 0x1230), // the error code, delivered again
+            mark(0x15),
+            Want::Done,
+        ],
+    )?;
+    drop(t);
+    drop((first, second));
+    Ok(())
+}
+
+/// Runs the vCPU into the fault of an event's delivery on a stack in the
+/// hole at page `page`: the internal error must name the event (`info`,
+/// IDT-vectoring format) and the page. Then puts memory there (returned:
+/// it must outlive the VM).
+fn delivery_fault(t: &mut TestVm, info: u64, page: u64) -> Result<labguest::GuestMem, Outcome> {
     t.vcpu.run().ctx("RVMX_RUN")?;
     let Some((sub, data)) = t.vcpu.internal_error() else {
         let reason = t.vcpu.run_area().exit_reason;
@@ -1295,36 +1354,23 @@ fn interrupt_whose_delivery_faulted_is_reinjected(_: &Ctx) -> TestResult {
         sub == sys::RVMX_INTERNAL_ERROR_DELIVERY_EV,
         "internal error {sub} ({data:x?}), want DELIVERY_EV"
     );
-    // Valid, external interrupt, vector 0x41; the fault was in the hole.
     ensure!(
-        data.first() == Some(&0x8000_0041),
-        "vectoring information {data:x?}, want 0x80000041"
+        data.first() == Some(&info),
+        "vectoring information {data:x?}, want {info:#x}"
     );
     ensure!(
-        data.get(3).is_some_and(|&gpa| gpa & !0xfff == HOLE),
-        "fault address {data:x?}, want in page {HOLE:#x}"
+        data.get(3).is_some_and(|&gpa| gpa & !0xfff == page),
+        "fault address {data:x?}, want in page {page:#x}"
     );
     let stack = labguest::GuestMem::new(0x1000).ctx("mmap the stack")?;
-    // SAFETY: `stack` is only the guest's, and outlives the VM (dropped
-    // after `t` at the end of this function).
+    let slot = 1 + (page - HOLE) as u32 / 0x2000;
+    // SAFETY: `stack` is only the guest's, and the caller keeps it until
+    // the VM is gone.
     unsafe {
-        t.vm.set_user_memory_region(crate::guest::region(1, HOLE, 0x1000, stack.addr(), 0))
+        t.vm.set_user_memory_region(crate::guest::region(slot, page, 0x1000, stack.addr(), 0))
     }
     .ctx("RVMX_SET_USER_MEMORY_REGION at the hole")?;
-    let evs = trace(&mut t.vcpu, |_| Ok(()))?;
-    check(
-        "after memory was added at the faulting stack",
-        &evs,
-        &[
-            vector(0x41),
-            val(0x13, (HOLE >> 12) as u32), // the handler ran on that stack
-            mark(0x12),
-            Want::Done,
-        ],
-    )?;
-    drop(t);
-    drop(stack);
-    Ok(())
+    Ok(stack)
 }
 
 fn ev_data(ev: Ev) -> u32 {

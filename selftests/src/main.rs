@@ -1,11 +1,14 @@
 //! rvmx selftests: run inside the lab VM (or on a VT-x host) against the real
 //! module and `/dev/rvmx`, printing KTAP like kselftest.
 //!
-//! Usage: rvmx-selftests [--module PATH] [--filter SUBSTRING]
+//! Usage: rvmx-selftests [--module PATH] [--group GROUP] [--filter SUBSTRING]
 //!
 //! `--module` is the rvmx.ko the load/unload tests use (default
 //! /lib/modules/$(uname -r)/extra/rvmx.ko, where `make modules_install`
 //! and the lab put it); rvmx is loaded from it first if it is not loaded.
+//! `--group` runs one group: device, vm, irq (interrupts, the local APIC and
+//! their isolation tests), stats (the statistics files) or module (load and
+//! unload, which reload rvmx with its default parameters).
 
 mod device;
 mod guest;
@@ -28,13 +31,24 @@ pub struct Ctx {
 fn main() -> ExitCode {
     let mut module = kmod::modules_dir().join("extra/rvmx.ko");
     let mut filter = None;
+    let groups: [(&str, &[ktap::Test]); 5] = [
+        ("device", device::TESTS),
+        ("vm", vm::TESTS),
+        ("irq", irq::TESTS),
+        ("stats", stats::TESTS),
+        ("module", module::TESTS),
+    ];
+    let mut group = None;
+    let usage =
+        "usage: rvmx-selftests [--module PATH] [--group device|vm|irq|stats|module] [--filter SUBSTRING]";
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match (arg.as_str(), args.next()) {
             ("--module", Some(path)) => module = path.into(),
             ("--filter", Some(f)) => filter = Some(f),
+            ("--group", Some(g)) if groups.iter().any(|(n, _)| *n == g) => group = Some(g),
             _ => {
-                eprintln!("usage: rvmx-selftests [--module PATH] [--filter SUBSTRING]");
+                eprintln!("{usage}");
                 return ExitCode::from(2);
             }
         }
@@ -50,12 +64,10 @@ fn main() -> ExitCode {
         }
     }
     let ctx = Ctx { module };
-    let tests: Vec<ktap::Test> = device::TESTS
+    let tests: Vec<ktap::Test> = groups
         .iter()
-        .chain(vm::TESTS)
-        .chain(irq::TESTS)
-        .chain(stats::TESTS)
-        .chain(module::TESTS)
+        .filter(|(name, _)| group.as_deref().is_none_or(|g| g == *name))
+        .flat_map(|(_, tests)| tests.iter())
         .filter(|t| filter.as_deref().is_none_or(|f| t.name.contains(f)))
         .map(|t| ktap::Test {
             name: t.name,

@@ -39,6 +39,7 @@ pub const RVMX_CAP_VPID: u32 = 8;
 pub const RVMX_CAP_UNRESTRICTED_GUEST: u32 = 16;
 pub const RVMX_CAP_TRUE_CONTROLS: u32 = 32;
 pub const RVMX_CAP_HOST_FRED: u32 = 64;
+pub const RVMX_CAP_APICV: u32 = 128;
 pub const RVMX_MAX_MEM_SLOTS: u32 = 32;
 pub const RVMX_MAX_VCPUS: u32 = 8;
 pub const RVMX_MAX_GPA: u64 = 281474976710656;

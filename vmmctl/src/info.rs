@@ -25,7 +25,7 @@ pub fn run(backend: Backend, device: &Path) -> Result<()> {
     Ok(())
 }
 
-const FLAG_NAMES: [(u32, &str); 7] = [
+const FLAG_NAMES: [(u32, &str); 8] = [
     (sys::RVMX_CAP_VMX_USABLE, "vmx-usable"),
     (sys::RVMX_CAP_VMX_BUSY, "vmx-busy"),
     (sys::RVMX_CAP_EPT, "ept"),
@@ -33,6 +33,7 @@ const FLAG_NAMES: [(u32, &str); 7] = [
     (sys::RVMX_CAP_UNRESTRICTED_GUEST, "unrestricted-guest"),
     (sys::RVMX_CAP_TRUE_CONTROLS, "true-controls"),
     (sys::RVMX_CAP_HOST_FRED, "host-fred"),
+    (sys::RVMX_CAP_APICV, "apicv"),
 ];
 
 /// The report as printed: one fact per line, control words split into the
