@@ -7,6 +7,8 @@
 //! (`anon_inode_getfd`), whose `file_operations` route ioctl, mmap and release
 //! to it. The file holds a reference on this module (its `owner`) and an
 //! `Arc` of the object, dropped when the last reference to the file goes.
+//! Objects with a `read` (stats files) are installed by their own code
+//! through `install_with`, which supplies the vtable.
 
 use core::marker::PhantomData;
 
@@ -18,6 +20,7 @@ use kernel::{
     prelude::*,
     sync::{Arc, ArcBorrow},
     types::ForeignOwnable,
+    uaccess::{UserPtr, UserSlice, UserSliceWriter},
 };
 
 extern "C" {
@@ -42,6 +45,32 @@ pub(crate) trait AnonFile: Send + Sync + Sized + 'static {
 
     fn mmap(_this: ArcBorrow<'_, Self>, _vma: &VmaNew) -> Result {
         build_error!(kernel::error::VTABLE_DEFAULT_ERROR)
+    }
+
+    /// Reads from file offset `pos` into `out` (its length is the count);
+    /// returns the bytes written there, 0 at the end of the file.
+    fn read(_this: ArcBorrow<'_, Self>, _out: &mut UserSliceWriter, _pos: usize) -> Result<usize> {
+        build_error!(kernel::error::VTABLE_DEFAULT_ERROR)
+    }
+}
+
+/// Makes a file for `obj` with `make(name, fops, private_data)`, which
+/// returns the new fd; `obj` is freed if it fails. For files that need
+/// other flags than `install` gives.
+pub(crate) fn install_with<T: AnonFile>(
+    obj: Arc<T>,
+    make: impl FnOnce(*const u8, *const c_void, *mut c_void) -> Result<i32>,
+) -> Result<i32> {
+    let data = obj.into_foreign();
+    let fops: *const bindings::file_operations = Vtable::<T>::build();
+    match make(T::NAME.as_char_ptr(), fops.cast(), data) {
+        Ok(fd) => Ok(fd),
+        Err(e) => {
+            // SAFETY: `make` failed, so no file took `data`, which came
+            // from `into_foreign`.
+            drop(unsafe { Arc::<T>::from_foreign(data) });
+            Err(e)
+        }
     }
 }
 
@@ -75,6 +104,13 @@ impl<T: AnonFile> Vtable<T> {
         release: Some(Self::release),
         unlocked_ioctl: Some(Self::ioctl),
         mmap: if T::HAS_MMAP { Some(Self::mmap) } else { None },
+        read: if T::HAS_READ { Some(Self::read) } else { None },
+        // As KVM's stats files: offsets come with pread.
+        llseek: if T::HAS_READ {
+            Some(bindings::noop_llseek)
+        } else {
+            None
+        },
         ..pin_init::zeroed()
     };
 
@@ -120,6 +156,34 @@ impl<T: AnonFile> Vtable<T> {
         match T::mmap(this, vma) {
             Ok(()) => 0,
             Err(err) => err.to_errno(),
+        }
+    }
+
+    /// # Safety
+    ///
+    /// `file` must be a file `install_with` created for a `T`, and `pos`
+    /// the position of this read.
+    unsafe extern "C" fn read(
+        file: *mut bindings::file,
+        buf: *mut u8,
+        count: usize,
+        pos: *mut bindings::loff_t,
+    ) -> isize {
+        // SAFETY: as in `ioctl`: read runs between install and release.
+        let this = unsafe { Arc::<T>::borrow((*file).private_data) };
+        // SAFETY: the VFS passes a valid position for this read.
+        let at = unsafe { *pos };
+        let Ok(at_usize) = usize::try_from(at) else {
+            return EINVAL.to_errno() as isize;
+        };
+        let mut out = UserSlice::new(UserPtr::from_addr(buf as usize), count).writer();
+        match T::read(this, &mut out, at_usize) {
+            Ok(n) => {
+                // SAFETY: as above; the VFS expects the position advanced.
+                unsafe { *pos = at.saturating_add(n as bindings::loff_t) };
+                n as isize
+            }
+            Err(err) => err.to_errno() as isize,
         }
     }
 }

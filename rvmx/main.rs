@@ -18,6 +18,7 @@ mod irq;
 mod lapic;
 mod mem;
 mod phys;
+mod stats;
 mod uapi;
 mod vcpu;
 mod vm;

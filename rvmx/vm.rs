@@ -21,6 +21,7 @@ use crate::{
     ioctl,
     lapic::delivery::{DeliveryMode, Message, Shorthand},
     mem::{Memory, Unmapped},
+    stats::{self, VmStats, M},
     uapi,
     vcpu::{apicv::VmApicPages, mailbox::Mailbox, Vcpu},
     vmx::{controls::Controls, host::VmxHost},
@@ -34,11 +35,12 @@ extern "C" {
     );
 }
 
-const VM_IOCTLS: [u32; 4] = [
+const VM_IOCTLS: [u32; 5] = [
     uapi::RVMX_SET_USER_MEMORY_REGION,
     uapi::RVMX_CREATE_VCPU,
     uapi::RVMX_SET_USER_MSR_EXITS,
     uapi::RVMX_SIGNAL_MSI,
+    uapi::RVMX_GET_VM_STATS_FD,
 ];
 
 #[pin_data]
@@ -72,6 +74,8 @@ pub(crate) struct Vm {
     /// sender (another vCPU, with interrupts off) finds its destinations
     /// without a lock.
     mailboxes: KVec<Arc<Mailbox>>,
+    /// The VM's and its vCPUs' counters (`stats`), shared with stats files.
+    pub(crate) stats: Arc<VmStats>,
 }
 
 /// The calling process's address space, if it has one.
@@ -105,6 +109,7 @@ impl Vm {
         for _ in 0..uapi::RVMX_MAX_VCPUS {
             mailboxes.push(Mailbox::new()?, GFP_KERNEL)?;
         }
+        let stats = VmStats::new()?;
         Arc::pin_init(
             try_pin_init!(Self {
                 host,
@@ -117,6 +122,7 @@ impl Vm {
                 mem <- new_mutex!(memory),
                 vcpu_ids <- new_mutex!(0),
                 mailboxes,
+                stats,
                 tsc_offset: 0u64.wrapping_sub(crate::vmx::instr::rdtsc()),
             }),
             GFP_KERNEL_ACCOUNT,
@@ -136,6 +142,9 @@ impl Vm {
         let req: uapi::rvmx_userspace_memory_region = ioctl::read_arg(arg)?;
         let (result, unmapped) = self.mem.lock().set_region(&req);
         self.flush_unmapped(unmapped);
+        if result.is_ok() {
+            self.stats.add(M::MemoryRegionChanges, 1);
+        }
         result.map(|()| 0)
     }
 
@@ -143,6 +152,7 @@ impl Vm {
     /// translation, then unpins them.
     fn flush_unmapped(&self, unmapped: Unmapped) {
         let Some(pages) = unmapped else { return };
+        self.stats.add(M::RemoteEptFlushes, 1);
         let _ = self.ept_generation.fetch_add(1, Full);
         // A vCPU in its window on a CPU exits on this IPI (external-
         // interrupt exiting) and takes it only after the window ended; its
@@ -241,6 +251,9 @@ impl Vm {
                 DeliveryMode::Smi | DeliveryMode::ExtInt => continue,
             }
             accepted += 1;
+            if from.is_some() {
+                self.stats.ipi_received(id);
+            }
             // Lowest priority: one recipient; the first match is as good as
             // any when every vCPU runs at the same priority.
             if m.mode == DeliveryMode::LowestPriority {
@@ -257,7 +270,10 @@ impl Vm {
         }
         let address = (u64::from(msi.address_hi) << 32) | u64::from(msi.address_lo);
         let m = Message::from_msi(address, msi.data).ok_or(EINVAL)?;
-        Ok(self.deliver(None, &m) as isize)
+        let accepted = self.deliver(None, &m);
+        self.stats.add(M::MsiSignalled, 1);
+        self.stats.add(M::MsiAccepted, u64::from(accepted));
+        Ok(accepted as isize)
     }
 
     pub(crate) fn user_msr_exits(&self) -> bool {
@@ -290,6 +306,7 @@ impl AnonFile for Vm {
             uapi::RVMX_CREATE_VCPU => Self::create_vcpu(this, arg),
             uapi::RVMX_SET_USER_MSR_EXITS => this.set_user_msr_exits(arg),
             uapi::RVMX_SIGNAL_MSI => this.signal_msi(arg),
+            uapi::RVMX_GET_VM_STATS_FD => stats::vm_fd(&this.stats, arg),
             _ => Err(ioctl::unknown(cmd, &VM_IOCTLS)),
         }
     }

@@ -363,6 +363,58 @@ struct rvmx_run {
 	};
 };
 
+/* ---- binary statistics (RVMX_GET_VM/VCPU_STATS_FD), KVM's layout ------- */
+
+/*
+ * The file RVMX_GET_VM_STATS_FD and RVMX_GET_VCPU_STATS_FD return holds,
+ * at the offsets its header gives (each a multiple of 8): the header, an
+ * id string of name_size bytes, num_desc descriptors (each followed by a
+ * name of name_size bytes), and the data: u64 values at data_offset +
+ * desc.offset. Only the data changes; read it again with pread. Same
+ * layout and flag values as KVM's struct kvm_stats_header and
+ * kvm_stats_desc (KVM_GET_STATS_FD). docs/api.md lists the counters.
+ */
+#define RVMX_STATS_NAME_SIZE		48
+
+struct rvmx_stats_header {
+	__u32 flags;		/* zero */
+	__u32 name_size;	/* RVMX_STATS_NAME_SIZE */
+	__u32 num_desc;
+	__u32 id_offset;
+	__u32 desc_offset;
+	__u32 data_offset;
+};
+
+#define RVMX_STATS_TYPE_SHIFT		0
+#define RVMX_STATS_TYPE_MASK		(0xF << RVMX_STATS_TYPE_SHIFT)
+#define RVMX_STATS_TYPE_CUMULATIVE	(0x0 << RVMX_STATS_TYPE_SHIFT)
+#define RVMX_STATS_TYPE_INSTANT		(0x1 << RVMX_STATS_TYPE_SHIFT)
+#define RVMX_STATS_TYPE_PEAK		(0x2 << RVMX_STATS_TYPE_SHIFT)
+#define RVMX_STATS_TYPE_LINEAR_HIST	(0x3 << RVMX_STATS_TYPE_SHIFT)
+#define RVMX_STATS_TYPE_LOG_HIST	(0x4 << RVMX_STATS_TYPE_SHIFT)
+
+#define RVMX_STATS_UNIT_SHIFT		4
+#define RVMX_STATS_UNIT_MASK		(0xF << RVMX_STATS_UNIT_SHIFT)
+#define RVMX_STATS_UNIT_NONE		(0x0 << RVMX_STATS_UNIT_SHIFT)
+#define RVMX_STATS_UNIT_BYTES		(0x1 << RVMX_STATS_UNIT_SHIFT)
+#define RVMX_STATS_UNIT_SECONDS		(0x2 << RVMX_STATS_UNIT_SHIFT)
+#define RVMX_STATS_UNIT_CYCLES		(0x3 << RVMX_STATS_UNIT_SHIFT)
+#define RVMX_STATS_UNIT_BOOLEAN		(0x4 << RVMX_STATS_UNIT_SHIFT)
+
+#define RVMX_STATS_BASE_SHIFT		8
+#define RVMX_STATS_BASE_MASK		(0xF << RVMX_STATS_BASE_SHIFT)
+#define RVMX_STATS_BASE_POW10		(0x0 << RVMX_STATS_BASE_SHIFT)
+#define RVMX_STATS_BASE_POW2		(0x1 << RVMX_STATS_BASE_SHIFT)
+
+/* Followed by its name, name_size bytes, NUL-terminated. */
+struct rvmx_stats_desc {
+	__u32 flags;		/* type | unit | base */
+	__s16 exponent;		/* unit scale: 10^exponent or 2^exponent */
+	__u16 size;		/* number of u64 values */
+	__u32 offset;		/* of the first value, from data_offset */
+	__u32 bucket_size;	/* linear histograms only */
+};
+
 /* ---- ioctls --------------------------------------------------------------- */
 
 /* ioctls on the /dev/rvmx fd */
@@ -394,6 +446,8 @@ struct rvmx_msi {
 	__u8 pad[16];	/* zero */
 };
 #define RVMX_SIGNAL_MSI		_IOW(RVMXIO, 0x13, struct rvmx_msi)
+/* Argument: 0. Returns a read-only statistics fd (sums over the vCPUs). */
+#define RVMX_GET_VM_STATS_FD	_IO(RVMXIO, 0x14)
 
 /* ioctls on a vCPU fd */
 #define RVMX_RUN		_IO(RVMXIO, 0x20)
@@ -410,5 +464,7 @@ struct rvmx_msi {
 #define RVMX_SET_VCPU_EVENTS	_IOW(RVMXIO, 0x2b, struct rvmx_vcpu_events)
 #define RVMX_GET_MP_STATE	_IOR(RVMXIO, 0x2c, struct rvmx_mp_state)
 #define RVMX_SET_MP_STATE	_IOW(RVMXIO, 0x2d, struct rvmx_mp_state)
+/* Argument: 0. Returns a read-only statistics fd of this vCPU. */
+#define RVMX_GET_VCPU_STATS_FD	_IO(RVMXIO, 0x2e)
 
 #endif /* _UAPI_RVMX_H */

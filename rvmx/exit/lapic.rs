@@ -20,6 +20,7 @@ pub(crate) fn apply(vcpu: &Vcpu, g: &mut Guest, effect: Effect) {
         // Even a message for this vCPU goes through its mailbox: the next
         // entry takes it like any other.
         Effect::Send(m) => {
+            vcpu.stats.inc(crate::stats::V::IpiSent);
             vcpu.vm.deliver(Some(vcpu.id), &m);
         }
         Effect::LevelEoi(vector) => g.user_exit = Some(UserExit::IoapicEoi(vector)),

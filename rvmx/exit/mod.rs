@@ -132,6 +132,7 @@ fn hlt(vcpu: &Vcpu, vmcs: &CurrentVmcs<'_>, g: &mut Guest) -> Action {
         return Action::Resume;
     }
     g.mp = MpState::Halted;
+    vcpu.stats.inc(crate::stats::V::Halts);
     g.halted_with_if = interrupts;
     Action::Host
 }
@@ -144,6 +145,7 @@ pub(crate) fn handle(
     window_end: u64,
 ) -> Action {
     let raw = vmcs.read(Field32Ro::ExitReason);
+    vcpu.stats.exit(raw);
     let reason = match ExitReason::decode(raw) {
         ExitReason::EntryFailure(basic) => {
             report_entry_failure(

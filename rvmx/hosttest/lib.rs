@@ -38,3 +38,8 @@ mod exit {
     pub(crate) mod pagewalk;
     pub(crate) mod reason;
 }
+
+#[path = "../stats"]
+mod stats {
+    pub(crate) mod table;
+}

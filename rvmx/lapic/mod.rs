@@ -559,11 +559,27 @@ impl Lapic {
     /// and the EOIs it did, and the ICR, whose high half a guest writes
     /// without an exit (the low half's write exits, and sends). Not a change
     /// to mirror back.
-    pub(crate) fn sync_from_processor(&mut self, tpr: u32, isr: &Vectors, irr: &Vectors, icr: u64) {
+    pub(crate) fn sync_from_processor(
+        &mut self,
+        tpr: u32,
+        isr: &Vectors,
+        irr: &Vectors,
+        icr: u64,
+    ) -> u32 {
+        // Requested vectors the processor took (it clears an IRR bit only
+        // to deliver it): the virtual interrupts it delivered since.
+        let delivered = self
+            .irr
+            .0
+            .iter()
+            .zip(irr.0.iter())
+            .map(|(before, after)| (before & !after).count_ones())
+            .sum();
         self.tpr = tpr & 0xff;
         self.isr = *isr;
         self.irr = *irr;
         self.icr = icr & !(1 << 12);
+        delivered
     }
 
     /// The x2APIC MSR `msr` (0x800-0x8ff) as a register offset.

@@ -208,12 +208,15 @@ pub(super) fn mirror(vmcs: &CurrentVmcs<'_>, g: &mut Guest) {
 }
 
 /// After an exit: what the processor changed in the page goes to the model.
-pub(super) fn sync(g: &mut Guest) {
-    if let Some(page) = g.vapic.as_ref() {
-        let (isr, irr) = (page.vectors(ISR), page.vectors(IRR));
-        let icr = (u64::from(page.read(ICR_HI)) << 32) | u64::from(page.read(ICR_LO));
-        g.lapic.sync_from_processor(page.read(TPR), &isr, &irr, icr);
-    }
+/// Returns how many of the interrupts the model requested the processor
+/// delivered (virtual-interrupt delivery) since the entry.
+pub(super) fn sync(g: &mut Guest) -> u32 {
+    let Some(page) = g.vapic.as_ref() else {
+        return 0;
+    };
+    let (isr, irr) = (page.vectors(ISR), page.vectors(IRR));
+    let icr = (u64::from(page.read(ICR_HI)) << 32) | u64::from(page.read(ICR_LO));
+    g.lapic.sync_from_processor(page.read(TPR), &isr, &irr, icr)
 }
 
 /// An APIC-write exit: the guest wrote the register at `offset` of the

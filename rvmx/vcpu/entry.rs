@@ -16,6 +16,7 @@
 use crate::{
     arch::{rflags, vector},
     exit::{io, mmio, msr},
+    stats::V,
     uapi,
     vmx::{
         controls::{PROC_INTERRUPT_WINDOW_EXITING, PROC_NMI_WINDOW_EXITING},
@@ -216,10 +217,11 @@ pub(crate) fn halt_wakes(g: &Guest, interrupts_enabled: bool) -> bool {
 }
 
 /// Fires the local APIC timer if it expired.
-pub(super) fn run_timer(g: &mut Guest) {
+pub(super) fn run_timer(vcpu: &Vcpu, g: &mut Guest) {
     let now = g.tsc();
     if g.lapic.timer_deadline().is_some_and(|d| now >= d) {
         g.lapic.timer_expire(now);
+        vcpu.stats.inc(V::TimerExpiries);
     }
 }
 
@@ -286,7 +288,7 @@ pub(super) fn prepare(
             .set_exit(uapi::RVMX_EXIT_IOAPIC_EOI, uapi::rvmx_exit_eoi { vector });
         return Prepared::ToUser;
     }
-    run_timer(g);
+    run_timer(vcpu, g);
     vcpu.mailbox().publish_target(&g.lapic.target());
     apicv::mirror(vmcs, g);
     inject(vcpu, vmcs, g);
@@ -320,7 +322,9 @@ fn inject(vcpu: &Vcpu, vmcs: &CurrentVmcs<'_>, g: &mut Guest) {
     let deliverable = if g.vapic.is_some() { None } else { pending };
     let mut irq_window = false;
     let mut nmi_window = false;
+    let reinjected = g.reinject.is_some();
     if let Some(e) = g.reinject.take().or_else(|| g.exception.take()) {
+        vcpu.stats.injected(e.kind(), reinjected);
         e.write(vmcs, protected);
         irq_window = pending.is_some();
         nmi_window = g.nmi_pending;
@@ -328,6 +332,7 @@ fn inject(vcpu: &Vcpu, vmcs: &CurrentVmcs<'_>, g: &mut Guest) {
         let blocked = BLOCKING_STI | BLOCKING_MOV_SS | BLOCKING_NMI;
         if vmcs.read(Field32::GuestInterruptibility) & blocked == 0 {
             Event::nmi().write(vmcs, protected);
+            vcpu.stats.inc(V::NmiInjections);
             g.nmi_pending = false;
             irq_window = pending.is_some();
         } else {
@@ -338,6 +343,7 @@ fn inject(vcpu: &Vcpu, vmcs: &CurrentVmcs<'_>, g: &mut Guest) {
         if interruptible(vmcs) {
             g.lapic.acknowledge(v);
             Event::external(v).write(vmcs, protected);
+            vcpu.stats.inc(V::IrqInjections);
         } else {
             irq_window = true;
         }

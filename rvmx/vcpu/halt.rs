@@ -14,7 +14,7 @@
 //! scheduler. It polls up to `POLL_US`, or until its timer if that is due
 //! within `TIMER_POLL_US`, and never while the host wants the CPU.
 
-use crate::vmx::instr;
+use crate::{stats::V, vmx::instr};
 
 use super::{entry, Guest, MpState, Vcpu};
 
@@ -41,7 +41,7 @@ fn tsc_ticks(us: u64) -> u64 {
 /// its timer; makes a halted one runnable when an event wakes it.
 fn wakes(vcpu: &Vcpu, g: &mut Guest, interrupts_enabled: bool) -> bool {
     entry::fold_posted(vcpu.mailbox(), g);
-    entry::run_timer(g);
+    entry::run_timer(vcpu, g);
     match g.mp {
         MpState::Runnable => true,
         MpState::Halted if entry::halt_wakes(g, interrupts_enabled) => {
@@ -108,10 +108,24 @@ fn tsc_to_ktime(g: &Guest, deadline: u64) -> u64 {
     now.saturating_add(ns)
 }
 
+/// `wait`, with the time it took counted in the vCPU's statistics.
+pub(super) fn timed_wait(vcpu: &Vcpu, g: &mut Guest, interrupts_enabled: bool) -> Woken {
+    // SAFETY: reading the monotonic clock has no preconditions.
+    let start = unsafe { rvmx_ktime_ns() };
+    let woken = wait(vcpu, g, interrupts_enabled);
+    // SAFETY: as above.
+    let ns = unsafe { rvmx_ktime_ns() }.saturating_sub(start);
+    vcpu.stats.add(V::HaltNs, ns);
+    woken
+}
+
 /// Sleeps until the vCPU is runnable or interrupted. `interrupts_enabled`
 /// is the guest's RFLAGS.IF at its HLT.
 pub(super) fn wait(vcpu: &Vcpu, g: &mut Guest, interrupts_enabled: bool) -> Woken {
     if let Some(woken) = poll(vcpu, g, interrupts_enabled) {
+        if matches!(woken, Woken::Runnable) {
+            vcpu.stats.inc(V::HaltSuccessfulPoll);
+        }
         return woken;
     }
     loop {
@@ -134,6 +148,7 @@ pub(super) fn wait(vcpu: &Vcpu, g: &mut Guest, interrupts_enabled: bool) -> Woke
         } else {
             0
         };
+        vcpu.stats.inc(V::HaltSleeps);
         // SAFETY: the task is marked sleeping (above); a sender's wake-up
         // or a signal ends the sleep early.
         unsafe { rvmx_sleep_until(deadline) };

@@ -46,6 +46,7 @@ use crate::{
     irq::{self, IrqsOff},
     lapic::Lapic,
     phys::PageBuf,
+    stats::{self, VcpuStats, M, V},
     uapi,
     vm::Vm,
     vmx::{
@@ -70,7 +71,8 @@ use regs::{rvmx_vmenter, GuestRegs};
 
 pub(crate) const RUN_AREA_SIZE: usize = run_area::SIZE;
 
-const VCPU_IOCTLS: [u32; 14] = [
+const VCPU_IOCTLS: [u32; 15] = [
+    uapi::RVMX_GET_VCPU_STATS_FD,
     uapi::RVMX_GET_MSRS,
     uapi::RVMX_SET_MSRS,
     uapi::RVMX_SET_CPUID,
@@ -218,6 +220,8 @@ pub(crate) struct Vcpu {
     /// The physical address of the virtual-APIC page (`Guest::vapic`).
     pub(crate) vapic_phys: Option<u64>,
     pub(crate) run: RunArea,
+    /// Counters (`stats`): written by the thread in `RVMX_RUN`, read anywhere.
+    pub(crate) stats: Arc<VcpuStats>,
     /// Serializes the vCPU's ioctls (a RUN holds it while in the guest).
     #[pin]
     state: Mutex<State>,
@@ -237,6 +241,7 @@ enum Left {
 
 impl Vcpu {
     pub(crate) fn create(vm: Arc<Vm>, id: u32) -> Result<Arc<Self>> {
+        let stats = vm.stats.vcpu(id).ok_or(EINVAL)?.clone();
         let vpid = if vm.controls.uses_vpid() {
             vm.host.vpids.alloc().ok_or(ENOSPC)?
         } else {
@@ -304,9 +309,10 @@ impl Vcpu {
         // If the allocation fails, `PinnedDrop` never runs: free the VPID here.
         let host = vm.host.clone();
         Arc::pin_init(
-            try_pin_init!(Self { vm, id, vpid, vapic_phys, run, state <- new_mutex!(state) }),
+            try_pin_init!(Self { vm, id, vpid, vapic_phys, run, stats, state <- new_mutex!(state) }),
             GFP_KERNEL_ACCOUNT,
         )
+        .inspect(|v| v.vm.stats.add(M::Vcpus, 1))
         .inspect_err(|_| host.vpids.free(vpid))
     }
 
@@ -368,6 +374,7 @@ impl Vcpu {
         let task: ARef<Task> = (&**current!()).into();
         self.mailbox().set_task(Some(task));
         let result = self.run_locked(&mut st);
+        self.stats.run_returns(&result, self.run.exit_reason());
         self.mailbox().set_task(None);
         result
     }
@@ -383,7 +390,7 @@ impl Vcpu {
             if st.guest.mp != MpState::Runnable {
                 let interrupts = st.guest.halted_with_if;
                 // Interrupted: the check above returns to user space.
-                let _ = halt::wait(self, &mut st.guest, interrupts);
+                let _ = halt::timed_wait(self, &mut st.guest, interrupts);
                 continue;
             }
             match self.enter(st)? {
@@ -407,6 +414,7 @@ impl Vcpu {
         let _fpu = KernelFpu::begin();
         let irqs = IrqsOff::new();
         let window = self.open_window()?;
+        self.stats.inc(V::VmxWindows);
         let vmcs = self.load_vmcs(&window, &mut st.vmcs, &mut st.initialized)?;
         let guest = &mut st.guest;
         let host = SavedHost::save_and_program(&vmcs);
@@ -452,8 +460,12 @@ impl Vcpu {
                 break Left::ToUser;
             }
             launched = 1;
-            apicv::sync(guest);
-            match exit::handle(self, &vmcs, guest, window_end) {
+            self.stats
+                .add(V::IrqVirtualDeliveries, u64::from(apicv::sync(guest)));
+            match self
+                .stats
+                .action(exit::handle(self, &vmcs, guest, window_end))
+            {
                 Action::Resume => continue,
                 Action::Host => break Left::Again,
                 Action::Nmi => {
@@ -519,6 +531,7 @@ impl Vcpu {
 impl PinnedDrop for Vcpu {
     fn drop(self: Pin<&mut Self>) {
         self.vm.host.vpids.free(self.vpid);
+        self.vm.stats.sub(M::Vcpus, 1);
         self.mailbox().set_present(false);
         self.vm.release_vcpu_id(self.id);
     }
@@ -546,6 +559,7 @@ impl AnonFile for Vcpu {
             uapi::RVMX_SET_VCPU_EVENTS => this.set_vcpu_events(arg),
             uapi::RVMX_GET_MP_STATE => this.get_mp_state(arg),
             uapi::RVMX_SET_MP_STATE => this.set_mp_state(arg),
+            uapi::RVMX_GET_VCPU_STATS_FD => stats::vcpu_fd(&this.stats, this.id, arg),
             _ => Err(ioctl::unknown(cmd, &VCPU_IOCTLS)),
         }
     }

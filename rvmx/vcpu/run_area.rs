@@ -66,6 +66,11 @@ impl RunArea {
         self.read::<u8>(offset_of!(rvmx_run, immediate_exit)) != 0
     }
 
+    /// The exit reason last set (for the statistics).
+    pub(crate) fn exit_reason(&self) -> u32 {
+        self.read::<u32>(offset_of!(rvmx_run, exit_reason))
+    }
+
     pub(crate) fn request_interrupt_window(&self) -> bool {
         self.read::<u8>(offset_of!(rvmx_run, request_interrupt_window)) != 0
     }

@@ -7,8 +7,9 @@
 //! /lib/modules/$(uname -r)/extra/rvmx.ko, where `make modules_install`
 //! and the lab put it); rvmx is loaded from it first if it is not loaded.
 //! `--group` runs one group: device, vm, irq (interrupts, the local APIC and
-//! their isolation tests), hostile (hostile guests), module (load and
-//! unload, which reload rvmx with its default parameters) or lifecycle.
+//! their isolation tests), hostile (hostile guests), stats (the statistics
+//! files), module (load and unload, which reload rvmx with its default
+//! parameters) or lifecycle.
 
 mod device;
 mod guest;
@@ -20,6 +21,7 @@ mod ktap;
 mod kvm;
 mod lifecycle;
 mod module;
+mod stats;
 mod vm;
 
 use std::path::PathBuf;
@@ -33,17 +35,18 @@ pub struct Ctx {
 fn main() -> ExitCode {
     let mut module = kmod::modules_dir().join("extra/rvmx.ko");
     let mut filter = None;
-    let groups: [(&str, &[ktap::Test]); 6] = [
+    let groups: [(&str, &[ktap::Test]); 7] = [
         ("device", device::TESTS),
         ("vm", vm::TESTS),
         ("irq", irq::TESTS),
         ("hostile", hostile::TESTS),
+        ("stats", stats::TESTS),
         ("module", module::TESTS),
         ("lifecycle", lifecycle::TESTS),
     ];
     let mut group = None;
     let usage =
-        "usage: rvmx-selftests [--module PATH] [--group device|vm|irq|module] [--filter SUBSTRING]";
+        "usage: rvmx-selftests [--module PATH] [--group device|vm|irq|hostile|stats|module|lifecycle] [--filter SUBSTRING]";
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match (arg.as_str(), args.next()) {

@@ -75,6 +75,25 @@ pub const RVMX_RUN_DATA_SIZE: u32 = 2048;
 pub const RVMX_EXIT_HYPERCALL_LONG_MODE: u32 = 1;
 pub const RVMX_EXIT_HYPERCALL_USER: u32 = 2;
 pub const RVMX_MSR_EXIT_REASON_UNKNOWN: u32 = 2;
+pub const RVMX_STATS_NAME_SIZE: u32 = 48;
+pub const RVMX_STATS_TYPE_SHIFT: u32 = 0;
+pub const RVMX_STATS_TYPE_MASK: u32 = 15;
+pub const RVMX_STATS_TYPE_CUMULATIVE: u32 = 0;
+pub const RVMX_STATS_TYPE_INSTANT: u32 = 1;
+pub const RVMX_STATS_TYPE_PEAK: u32 = 2;
+pub const RVMX_STATS_TYPE_LINEAR_HIST: u32 = 3;
+pub const RVMX_STATS_TYPE_LOG_HIST: u32 = 4;
+pub const RVMX_STATS_UNIT_SHIFT: u32 = 4;
+pub const RVMX_STATS_UNIT_MASK: u32 = 240;
+pub const RVMX_STATS_UNIT_NONE: u32 = 0;
+pub const RVMX_STATS_UNIT_BYTES: u32 = 16;
+pub const RVMX_STATS_UNIT_SECONDS: u32 = 32;
+pub const RVMX_STATS_UNIT_CYCLES: u32 = 48;
+pub const RVMX_STATS_UNIT_BOOLEAN: u32 = 64;
+pub const RVMX_STATS_BASE_SHIFT: u32 = 8;
+pub const RVMX_STATS_BASE_MASK: u32 = 3840;
+pub const RVMX_STATS_BASE_POW10: u32 = 0;
+pub const RVMX_STATS_BASE_POW2: u32 = 256;
 pub const RVMX_GET_API_VERSION: u32 = 44800;
 pub const RVMX_GET_VMX_CAPS: u32 = 2159062785;
 pub const RVMX_CREATE_VM: u32 = 44802;
@@ -84,6 +103,7 @@ pub const RVMX_SET_USER_MEMORY_REGION: u32 = 1075883792;
 pub const RVMX_CREATE_VCPU: u32 = 44817;
 pub const RVMX_SET_USER_MSR_EXITS: u32 = 44818;
 pub const RVMX_SIGNAL_MSI: u32 = 1075883795;
+pub const RVMX_GET_VM_STATS_FD: u32 = 44820;
 pub const RVMX_RUN: u32 = 44832;
 pub const RVMX_GET_REGS: u32 = 2156965665;
 pub const RVMX_SET_REGS: u32 = 1083223842;
@@ -98,7 +118,9 @@ pub const RVMX_GET_VCPU_EVENTS: u32 = 2151722794;
 pub const RVMX_SET_VCPU_EVENTS: u32 = 1077980971;
 pub const RVMX_GET_MP_STATE: u32 = 2147790636;
 pub const RVMX_SET_MP_STATE: u32 = 1074048813;
+pub const RVMX_GET_VCPU_STATS_FD: u32 = 44846;
 pub type __u8 = core::ffi::c_uchar;
+pub type __s16 = core::ffi::c_short;
 pub type __u16 = core::ffi::c_ushort;
 pub type __u32 = core::ffi::c_uint;
 pub type __u64 = core::ffi::c_ulonglong;
@@ -1051,6 +1073,72 @@ const _: () = {
     [
         "Offset of field: rvmx_run::apic_base",
     ][::core::mem::offset_of!(rvmx_run, apic_base) - 24usize];
+};
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct rvmx_stats_header {
+    pub flags: __u32,
+    pub name_size: __u32,
+    pub num_desc: __u32,
+    pub id_offset: __u32,
+    pub desc_offset: __u32,
+    pub data_offset: __u32,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of rvmx_stats_header"][::core::mem::size_of::<rvmx_stats_header>() - 24usize];
+    [
+        "Alignment of rvmx_stats_header",
+    ][::core::mem::align_of::<rvmx_stats_header>() - 4usize];
+    [
+        "Offset of field: rvmx_stats_header::flags",
+    ][::core::mem::offset_of!(rvmx_stats_header, flags) - 0usize];
+    [
+        "Offset of field: rvmx_stats_header::name_size",
+    ][::core::mem::offset_of!(rvmx_stats_header, name_size) - 4usize];
+    [
+        "Offset of field: rvmx_stats_header::num_desc",
+    ][::core::mem::offset_of!(rvmx_stats_header, num_desc) - 8usize];
+    [
+        "Offset of field: rvmx_stats_header::id_offset",
+    ][::core::mem::offset_of!(rvmx_stats_header, id_offset) - 12usize];
+    [
+        "Offset of field: rvmx_stats_header::desc_offset",
+    ][::core::mem::offset_of!(rvmx_stats_header, desc_offset) - 16usize];
+    [
+        "Offset of field: rvmx_stats_header::data_offset",
+    ][::core::mem::offset_of!(rvmx_stats_header, data_offset) - 20usize];
+};
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct rvmx_stats_desc {
+    pub flags: __u32,
+    pub exponent: __s16,
+    pub size: __u16,
+    pub offset: __u32,
+    pub bucket_size: __u32,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of rvmx_stats_desc"][::core::mem::size_of::<rvmx_stats_desc>() - 16usize];
+    [
+        "Alignment of rvmx_stats_desc",
+    ][::core::mem::align_of::<rvmx_stats_desc>() - 4usize];
+    [
+        "Offset of field: rvmx_stats_desc::flags",
+    ][::core::mem::offset_of!(rvmx_stats_desc, flags) - 0usize];
+    [
+        "Offset of field: rvmx_stats_desc::exponent",
+    ][::core::mem::offset_of!(rvmx_stats_desc, exponent) - 4usize];
+    [
+        "Offset of field: rvmx_stats_desc::size",
+    ][::core::mem::offset_of!(rvmx_stats_desc, size) - 6usize];
+    [
+        "Offset of field: rvmx_stats_desc::offset",
+    ][::core::mem::offset_of!(rvmx_stats_desc, offset) - 8usize];
+    [
+        "Offset of field: rvmx_stats_desc::bucket_size",
+    ][::core::mem::offset_of!(rvmx_stats_desc, bucket_size) - 12usize];
 };
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]

@@ -34,6 +34,7 @@ pub mod sys {
 }
 
 mod device;
+pub mod stats;
 mod vm;
 
 pub use device::{Rvmx, DEVICE_PATH};

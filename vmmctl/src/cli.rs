@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::hv_stats::StatMode;
 use crate::hypervisor::Backend;
 
 /// What a Linux guest gets without --cmdline: its console on COM1, which
@@ -17,6 +18,7 @@ Examples:
   vmmctl run --kernel bzImage --initrd initrd.gz --mem 512M --cpus 2
   vmmctl run --kernel bzImage --cmdline 'console=ttyS0 quiet' --stats
   vmmctl run --kernel test.elf                  a multiboot kernel
+  vmmctl stat                                   the counters of the running VM, live
 
 The guest's console (COM1) is this terminal. Ctrl-A x quits, Ctrl-A h
 lists the other escapes. Exit status: 0 when the guest powers off or
@@ -52,6 +54,20 @@ pub enum Command {
     /// Boot a kernel in a new VM and run it until it powers off, reboots,
     /// panics or writes to the debug-exit port.
     Run(RunArgs),
+    /// Watch the hypervisor's counters of a running `vmmctl run` (as
+    /// kvm_stat does): its busiest counters with their rates, every
+    /// second, until it exits. Needs the right to ptrace it.
+    Stat {
+        /// The vmmctl to watch; by default the only one running.
+        pid: Option<u32>,
+        /// Print every non-zero counter once (`vmmctl: stat NAME VALUE`)
+        /// and exit.
+        #[arg(long)]
+        once: bool,
+        /// Stop after this many views.
+        #[arg(long, value_name = "N")]
+        count: Option<u32>,
+    },
 }
 
 #[derive(Args, Debug, PartialEq, Eq)]
@@ -82,6 +98,14 @@ pub struct RunArgs {
     /// use beyond guest RAM to stderr.
     #[arg(long)]
     pub stats: bool,
+
+    /// The hypervisor's own counters (its binary statistics files, as
+    /// kvm_stat reads them) on stderr: `--stat` or `--stat=live` shows
+    /// the busiest with their rates every second; `--stat=summary` prints
+    /// every non-zero counter once at the end (`vmmctl: stat NAME VALUE`).
+    #[arg(long, value_enum, value_name = "MODE", num_args = 0..=1,
+          require_equals = true, default_missing_value = "live")]
+    pub stat: Option<StatMode>,
 }
 
 /// Parses a memory size: digits with an optional K, M or G suffix (binary
@@ -141,6 +165,7 @@ mod tests {
                 mem: 256 << 20,
                 cpus: 1,
                 stats: false,
+                stat: None,
             }
         );
     }
@@ -168,6 +193,50 @@ mod tests {
             panic!("not run")
         };
         assert_eq!((r.cpus, r.mem, r.stats), (2, 1 << 30, true));
+    }
+
+    #[test]
+    fn stat_takes_an_optional_mode() {
+        let mode = |extra: &[&str]| {
+            let mut args = vec!["run", "--kernel", "k"];
+            args.extend_from_slice(extra);
+            parse(&args).map(|c| match c.command {
+                Command::Run(r) => r.stat,
+                _ => panic!("not run"),
+            })
+        };
+        assert_eq!(mode(&[]).unwrap(), None);
+        assert_eq!(mode(&["--stat"]).unwrap(), Some(StatMode::Live));
+        assert_eq!(mode(&["--stat=live"]).unwrap(), Some(StatMode::Live));
+        assert_eq!(mode(&["--stat=summary"]).unwrap(), Some(StatMode::Summary));
+        // A bare --stat does not swallow the next argument.
+        assert_eq!(mode(&["--stat", "--stats"]).unwrap(), Some(StatMode::Live));
+        assert!(mode(&["--stat=often"]).is_err());
+    }
+
+    #[test]
+    fn stat_takes_a_pid_and_modes() {
+        let cli = parse(&["stat"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Stat {
+                pid: None,
+                once: false,
+                count: None
+            }
+        ));
+        let cli = parse(&["stat", "1234", "--once"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Stat {
+                pid: Some(1234),
+                once: true,
+                count: None
+            }
+        ));
+        let cli = parse(&["stat", "--count", "3"]).unwrap();
+        assert!(matches!(cli.command, Command::Stat { count: Some(3), .. }));
+        assert!(parse(&["stat", "me"]).is_err());
     }
 
     #[test]

@@ -5,12 +5,14 @@ mod cli;
 mod console;
 mod control;
 mod devices;
+mod hv_stats;
 mod hypervisor;
 mod info;
 mod memory;
 mod rss;
 mod run;
 mod signals;
+mod stat_cmd;
 mod stats;
 mod vcpu;
 
@@ -27,6 +29,7 @@ fn main() -> ExitCode {
         Command::Info { device } => {
             info::run(cli.hypervisor.unwrap_or(Backend::Rvmx), &device).map(|()| 0)
         }
+        Command::Stat { pid, once, count } => stat_cmd::run(pid, once, count).map(|()| 0),
         Command::Run(args) => {
             let backend = cli.hypervisor.unwrap_or_else(run::default_backend);
             run::run(backend, &args).map(|outcome| {

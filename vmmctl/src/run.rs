@@ -14,6 +14,7 @@ use crate::control::{Control, Outcome};
 use crate::devices::irq::Interrupts;
 use crate::devices::serial::{self, ConsoleOut, Serial};
 use crate::devices::Devices;
+use crate::hv_stats::{self, HvStats, StatMode};
 use crate::hypervisor::{Backend, Irqchip};
 use crate::vcpu::VcpuId;
 use crate::{memory, rss, signals, vcpu};
@@ -65,6 +66,14 @@ pub fn run(backend: Backend, args: &RunArgs) -> Result<Outcome> {
         }
         vcpus.push(v);
     }
+    // Opened before the vCPUs go to their threads (KVM's files are per
+    // vCPU), and held while the VM runs even without --stat, so that
+    // `vmmctl stat` can watch this process.
+    let hv_stats = match HvStats::open(&*vm, &vcpus) {
+        Ok(s) => Some(Arc::new(s)),
+        Err(e) if args.stat.is_some() => return Err(e),
+        Err(_) => None,
+    };
 
     signals::install(&control)?;
     vcpu::install_kick_handler()?;
@@ -86,11 +95,22 @@ pub fn run(backend: Backend, args: &RunArgs) -> Result<Outcome> {
         }
     }
 
+    let live = match (&hv_stats, args.stat) {
+        (Some(s), Some(StatMode::Live)) => Some(hv_stats::spawn_live(s.clone(), control.clone())?),
+        _ => None,
+    };
+
     let outcome = wait(&control);
     let stats = vcpu::stop_all(threads);
     let wall = started.elapsed();
+    if let Some(t) = live {
+        let _ = t.join();
+    }
     drop(terminal);
     let _ = std::io::stdout().flush();
+    if let (Some(s), Some(StatMode::Summary)) = (&hv_stats, args.stat) {
+        hv_stats::print_summary(s, wall);
+    }
     if args.stats {
         eprint!("{}", stats.report(wall));
         report_memory(&mem, args.mem);

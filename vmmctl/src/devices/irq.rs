@@ -120,6 +120,12 @@ mod tests {
         fn create_vcpu(&self, _: u8) -> Result<Box<dyn Vcpu>> {
             anyhow::bail!("no vCPUs")
         }
+        fn stats_fd(&self) -> Result<std::fs::File> {
+            anyhow::bail!("no statistics")
+        }
+        fn stats_include_vcpus(&self) -> bool {
+            true
+        }
     }
 
     /// The data words of the MSIs sent.

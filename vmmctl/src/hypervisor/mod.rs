@@ -6,6 +6,7 @@ mod kvm;
 mod rvmx;
 
 use std::fmt;
+use std::fs::File;
 use std::io;
 use std::path::Path;
 use std::ptr::NonNull;
@@ -237,6 +238,13 @@ pub trait Vm: Send + Sync {
     fn connect_irq(&self, event: &EventFd, gsi: u32) -> Result<()>;
     /// vCPU `id` (its APIC ID). vCPU 0 boots; the others wait for SIPI.
     fn create_vcpu(&self, id: u8) -> Result<Box<dyn Vcpu>>;
+    /// The VM's binary statistics file (KVM's `KVM_GET_STATS_FD` format,
+    /// which rvmx shares; `uapi::stats` decodes it).
+    fn stats_fd(&self) -> Result<File>;
+    /// Whether the VM's statistics already hold the sums of its vCPUs'
+    /// (rvmx); else (KVM) they are the VM's own and the vCPUs' files add
+    /// theirs.
+    fn stats_include_vcpus(&self) -> bool;
 }
 
 /// One virtual CPU. Runs on its own thread.
@@ -247,6 +255,8 @@ pub trait Vcpu: Send {
     fn set_cpu_state(&mut self, state: &CpuState) -> Result<()>;
     /// Enters the guest until something needs userspace.
     fn run(&mut self) -> Result<VmExit<'_>>;
+    /// The vCPU's binary statistics file (see `Vm::stats_fd`).
+    fn stats_fd(&self) -> Result<File>;
     /// The byte the hypervisor checks before entering the guest: non-zero
     /// makes `run` return `Interrupted` at once. Valid while the vCPU
     /// lives; a signal handler on this vCPU's thread sets it to kick it.

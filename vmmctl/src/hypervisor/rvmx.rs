@@ -8,6 +8,7 @@
 //! and INIT/SIPI stay in the kernel: vCPUs other than 0 are created and
 //! run, and sleep inside `RVMX_RUN` until the boot vCPU starts them.
 
+use std::fs::File;
 use std::io;
 use std::path::Path;
 use std::ptr::NonNull;
@@ -134,6 +135,14 @@ impl Vm for RvmxVm {
             .with_context(|| format!("RVMX_CREATE_VCPU {id}"))?;
         let immediate_exit = NonNull::from(&mut fd.run_area().immediate_exit);
         Ok(Box::new(RvmxVcpu { fd, immediate_exit }))
+    }
+
+    fn stats_fd(&self) -> Result<File> {
+        self.fd.stats_fd().context("RVMX_GET_VM_STATS_FD")
+    }
+
+    fn stats_include_vcpus(&self) -> bool {
+        true
     }
 }
 
@@ -307,6 +316,10 @@ impl Vcpu for RvmxVcpu {
             sys::RVMX_EXIT_HYPERCALL => VmExit::Other("hypercall"),
             _ => VmExit::Other("other"),
         })
+    }
+
+    fn stats_fd(&self) -> Result<File> {
+        self.fd.stats_fd().context("RVMX_GET_VCPU_STATS_FD")
     }
 
     fn immediate_exit(&mut self) -> NonNull<u8> {
