@@ -16,6 +16,7 @@ mod ioctl;
 mod irq;
 mod kmod;
 mod ktap;
+mod kvm;
 mod module;
 mod vm;
 
