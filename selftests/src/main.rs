@@ -10,13 +10,13 @@
 //! their isolation tests) or module (load and unload, which reload rvmx
 //! with its default parameters).
 
+mod beside_kvm;
 mod device;
 mod guest;
 mod ioctl;
 mod irq;
 mod kmod;
 mod ktap;
-mod kvm;
 mod module;
 mod vm;
 

@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 
 use uapi::{sys, Rvmx, DEVICE_PATH};
 
+use crate::beside_kvm::{KvmPattern, RvmxPattern};
 use crate::ktap::{Context, Outcome, Test, TestResult};
-use crate::kvm::{KvmPattern, RvmxPattern};
 use crate::{ensure, kmod, Ctx};
 
 pub const TESTS: &[Test] = &[
