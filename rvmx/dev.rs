@@ -83,8 +83,9 @@ impl RvmxFile {
 fn vmx_caps(host: &VmxHost, report: &ProbeReport) -> uapi::rvmx_vmx_caps {
     let c = &host.caps;
     let flags = [
-        (report.all_usable(), uapi::RVMX_CAP_VMX_USABLE),
+        (report.all_own(), uapi::RVMX_CAP_VMX_USABLE),
         (report.busy(), uapi::RVMX_CAP_VMX_BUSY),
+        (report.shared > 0, uapi::RVMX_CAP_VMX_SHARED),
         (c.has_ept(), uapi::RVMX_CAP_EPT),
         (c.has_vpid(), uapi::RVMX_CAP_VPID),
         (
@@ -115,6 +116,9 @@ fn vmx_caps(host: &VmxHost, report: &ProbeReport) -> uapi::rvmx_vmx_caps {
         cr0_fixed1: c.cr0_fixed1,
         cr4_fixed0: c.cr4_fixed0,
         cr4_fixed1: c.cr4_fixed1,
-        reserved: [0; 8],
+        cpus_shared: report.shared,
+        padding: 0,
+        shared_cpu_mask: report.shared_mask,
+        reserved: [0; 6],
     }
 }

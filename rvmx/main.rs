@@ -85,7 +85,7 @@ impl RvmxModule {
         let host = VmxHost::new(module_parameters::apicv.value())?;
         let report = host.probe()?;
         match report.first_failure {
-            None if report.all_usable() => {
+            None if report.all_runnable() => {
                 let c = &host.caps;
                 let apicv = host.controls().is_ok_and(|c| c.apicv);
                 pr_info!(
@@ -96,10 +96,17 @@ impl RvmxModule {
                     if c.has_vpid() { ", VPID" } else { "" },
                     if apicv { ", APIC virtualization" } else { "" },
                 );
+                if report.shared > 0 {
+                    pr_info!(
+                        "another hypervisor (kvm_intel?) holds VMX root operation on {} of {} CPUs: rvmx runs its VMs inside it there (VMPTRST/VMPTRLD, no VMXON)\n",
+                        report.shared,
+                        report.cpus,
+                    );
+                }
             }
             Some((cpu, e @ vmx::root::RootError::Busy)) => {
                 pr_warn!(
-                    "CPU {cpu}: {}; rvmx loads, but VM work fails with EBUSY until it is released\n",
+                    "CPU {cpu}: {}; rvmx loads, but VM work fails with EBUSY until it is cleared\n",
                     e.describe()
                 );
             }

@@ -19,9 +19,15 @@
 #define RVMXIO 0xAF
 
 /* struct rvmx_vmx_caps.flags */
-/* VMXON and VMXOFF succeeded on every online CPU during this call. */
+/* rvmx's own VMXON and VMXOFF succeeded on every online CPU during this call. */
 #define RVMX_CAP_VMX_USABLE		(1u << 0)
-/* Another hypervisor (e.g. kvm_intel) holds VMX root on some CPU: VM work gets EBUSY. */
+/*
+ * Some CPU has CR4.VMXE set but is not in VMX operation (VMPTRST faults):
+ * rvmx can run there neither with its own VMXON nor inside another
+ * hypervisor, and VM work gets EBUSY. (A hypervisor in VMX root operation,
+ * such as kvm_intel, gives RVMX_CAP_VMX_SHARED instead; rvmx before that
+ * flag reported kvm_intel as BUSY.)
+ */
 #define RVMX_CAP_VMX_BUSY		(1u << 1)
 /* The processor supports the controls rvmx relies on. */
 #define RVMX_CAP_EPT			(1u << 2)
@@ -34,6 +40,13 @@
 /* VMs use the processor's APIC virtualization (the CPU has it and the module
  * parameter apicv is 1). */
 #define RVMX_CAP_APICV			(1u << 7)
+/*
+ * Another hypervisor (e.g. kvm_intel) holds VMX root operation on some CPU,
+ * and rvmx runs its VMs inside it there (VMPTRST/VMPTRLD, no VMXON): VM work
+ * works. cpus_shared and shared_cpu_mask tell which CPUs; the others run in
+ * rvmx's own VMX operation.
+ */
+#define RVMX_CAP_VMX_SHARED		(1u << 8)
 
 /*
  * VMX capabilities of the host, as the processor reports them.
@@ -59,7 +72,10 @@ struct rvmx_vmx_caps {
 	__u64 cr0_fixed1;
 	__u64 cr4_fixed0;
 	__u64 cr4_fixed1;
-	__u64 reserved[8];	/* zero */
+	__u32 cpus_shared;	/* of cpus_probed, those in another hypervisor's VMX root */
+	__u32 padding;		/* zero */
+	__u64 shared_cpu_mask;	/* bit n: CPU n (n < 64) is one of cpus_shared */
+	__u64 reserved[6];	/* zero */
 };
 
 

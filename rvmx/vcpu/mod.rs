@@ -4,9 +4,11 @@
 //! the run loop.
 //!
 //! The run loop enters the guest inside a VMX window (see `vmx::root`):
-//! interrupts off, VMXON, VMPTRLD, host state, guest MSRs and FPU, then
+//! interrupts off, VMXON (or VMPTRST inside another hypervisor's VMX
+//! operation), VMPTRLD, host state, guest MSRs and FPU, then
 //! VMLAUNCH/VMRESUME until an exit that needs the host (an interrupt, user
-//! space, a reschedule); then VMCLEAR, VMXOFF and interrupts on. Exits rvmx
+//! space, a reschedule); then VMCLEAR, VMXOFF (or VMPTRLD of the other
+//! hypervisor's VMCS) and interrupts on. Exits rvmx
 //! handles in the kernel (CPUID, CR and MSR accesses, ...) resume without
 //! leaving the window. Since the VMCS is cleared at every window exit, the
 //! vCPU thread may run the next window on any CPU.
@@ -424,7 +426,13 @@ impl Vcpu {
         let cpu = cpu::CpuId::current().as_u32();
         self.mailbox().window_opens(cpu);
         let generation = self.vm.ept_generation.load(Acquire);
-        if st.last_cpu != Some(cpu) || st.ept_generation != generation {
+        // Inside another hypervisor's VMX operation the window flushes this
+        // guest's tags at both ends (`RootWindow::isolate_guest`); the next
+        // own window then flushes too (`last_cpu` None).
+        if window.isolate_guest(self.vm.eptp, self.vpid) {
+            st.last_cpu = None;
+            st.ept_generation = generation;
+        } else if st.last_cpu != Some(cpu) || st.ept_generation != generation {
             // SAFETY: in VMX root operation (the window); rvmx requires
             // single-context INVEPT and INVVPID support (checked at load).
             unsafe {

@@ -52,27 +52,39 @@ pub(crate) struct VmxHost {
 pub(crate) struct ProbeReport {
     /// Online CPUs probed.
     pub(crate) cpus: u32,
-    /// CPUs on which VMXON and VMXOFF succeeded.
-    pub(crate) usable: u32,
+    /// CPUs on which rvmx's own VMXON and VMXOFF succeeded.
+    pub(crate) own: u32,
+    /// CPUs held in VMX root operation by another hypervisor, inside which
+    /// rvmx runs (VMPTRST succeeded).
+    pub(crate) shared: u32,
+    /// Bit n: CPU n (n < 64) is one of `shared`.
+    pub(crate) shared_mask: u64,
     /// The lowest-numbered CPU that failed, and why.
     pub(crate) first_failure: Option<(u32, RootError)>,
 }
 
 impl ProbeReport {
-    pub(crate) fn all_usable(&self) -> bool {
-        self.cpus > 0 && self.usable == self.cpus
+    /// Every online CPU can run VMs, in either mode.
+    pub(crate) fn all_runnable(&self) -> bool {
+        self.cpus > 0 && self.own + self.shared == self.cpus
     }
 
-    /// Some CPU is held by another hypervisor.
+    /// Every online CPU runs VMs in rvmx's own VMX operation.
+    pub(crate) fn all_own(&self) -> bool {
+        self.cpus > 0 && self.own == self.cpus
+    }
+
+    /// Some CPU has CR4.VMXE set outside VMX operation.
     pub(crate) fn busy(&self) -> bool {
         matches!(self.first_failure, Some((_, RootError::Busy)))
     }
 }
 
 /// Per-CPU outcome codes written by `probe_this_cpu`; failures are
-/// `RootError` discriminants.
+/// `RootError` discriminants (2 and up).
 const NOT_RUN: u32 = 0;
 const USABLE: u32 = 1;
+const SHARED: u32 = 0x100;
 
 struct Probe<'a> {
     host: &'a VmxHost,
@@ -88,13 +100,20 @@ unsafe extern "C" fn probe_this_cpu(info: *mut c_void) {
     let cpu = cpu::CpuId::current().as_u32() as usize;
     let result = probe.host.check_this_cpu().and_then(|()| {
         let region = probe.host.regions.get(cpu).ok_or(RootError::NoRegion)?;
+        // A shared window here is VMPTRST and nothing else: the probe may
+        // have interrupted the other hypervisor with its VMCS current.
         // SAFETY: interrupts are off for the whole life of the window, which
         // ends at the end of this statement; the region is this CPU's own,
         // and no other window can be open on this CPU with interrupts off.
-        unsafe { RootWindow::open(&probe.host.caps, region) }.map(drop)
+        unsafe { RootWindow::open(&probe.host.caps, region) }.map(|w| w.is_shared())
     });
+    let code = match result {
+        Ok(false) => USABLE,
+        Ok(true) => SHARED,
+        Err(e) => e as u32,
+    };
     if let Some(slot) = probe.outcome.get(cpu) {
-        slot.store(result.map_or_else(|e| e as u32, |()| USABLE), Relaxed);
+        slot.store(code, Relaxed);
     }
 }
 
@@ -179,7 +198,8 @@ impl VmxHost {
         Controls::new(&self.caps, self.apicv)
     }
 
-    /// Enters and leaves VMX root operation on every online CPU, now.
+    /// Opens and closes a VMX window on every online CPU, now: VMXON and
+    /// VMXOFF, or VMPTRST where another hypervisor is in VMX root operation.
     pub(crate) fn probe(&self) -> Result<ProbeReport> {
         let ncpus = self.regions.len();
         let mut outcome = KVec::with_capacity(ncpus, GFP_KERNEL)?;
@@ -199,7 +219,13 @@ impl VmxHost {
         for (cpu, slot) in probe.outcome.iter().enumerate() {
             match slot.load(Relaxed) {
                 NOT_RUN => continue,
-                USABLE => report.usable += 1,
+                USABLE => report.own += 1,
+                SHARED => {
+                    report.shared += 1;
+                    if cpu < 64 {
+                        report.shared_mask |= 1 << cpu;
+                    }
+                }
                 code => {
                     if report.first_failure.is_none() {
                         let err = RootError::from_code(code).unwrap_or(RootError::VmxonFailed);

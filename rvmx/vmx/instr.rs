@@ -24,7 +24,7 @@ pub(crate) enum VmFail {
 
 /// An instruction raised an exception, which its exception-table entry
 /// caught: the kernel's fixup resumed after it instead of oopsing.
-#[derive(Debug)]
+#[derive(Debug, PartialEq, Eq)]
 pub(crate) struct Faulted;
 
 /// `asm!` template lines that give the instruction at local label 2 an
@@ -444,6 +444,31 @@ pub(crate) unsafe fn vmptrld(vmcs: u64) -> Result<(), VmFail> {
              out(reg_byte) zf, options(nostack, readonly));
     }
     vm_result(cf, zf)
+}
+
+/// VMPTRST: the current-VMCS pointer of this CPU (`u64::MAX` when no VMCS
+/// is current), or `Faulted` where the CPU is not in VMX operation (#UD,
+/// caught by the exception-table entry).
+///
+/// Safe: VMPTRST only stores the pointer into its operand, changes no
+/// state, and at CPL 0 in VMX root operation cannot fail; outside VMX
+/// operation its #UD is caught, and in VMX non-root operation (rvmx as a
+/// nested guest) it exits to the hypervisor below, which emulates it.
+pub(crate) fn try_vmptrst() -> Result<u64, Faulted> {
+    let mut pointer: u64 = u64::MAX;
+    let mut faulted: u32 = 1;
+    // SAFETY: the operand is `pointer`, 8 bytes on the stack; a #UD outside
+    // VMX operation is caught by the exception-table entry, which resumes
+    // at label 3 with `faulted` still 1 and `pointer` unwritten.
+    unsafe {
+        asm!("2: vmptrst [{p}]", "xor {f:e}, {f:e}", "3:", extable_2_to_3!(),
+             p = in(reg) &raw mut pointer, f = inout(reg) faulted, options(nostack));
+    }
+    if faulted == 0 {
+        Ok(pointer)
+    } else {
+        Err(Faulted)
+    }
 }
 
 /// Flushes the VMCS at physical `vmcs` to memory and makes it inactive

@@ -105,12 +105,24 @@ fn caps_consistent(_: &Ctx) -> TestResult {
     );
     let usable = c.flags & sys::RVMX_CAP_VMX_USABLE != 0;
     let busy = c.flags & sys::RVMX_CAP_VMX_BUSY != 0;
+    let shared = c.flags & sys::RVMX_CAP_VMX_SHARED != 0;
     ensure!(
-        usable != busy,
-        "exactly one of USABLE and BUSY expected, flags {:#x}",
+        !busy && usable != shared,
+        "exactly one of USABLE and SHARED expected (and no BUSY), flags {:#x}",
         c.flags
     );
-    ensure!(busy == kvm, "BUSY is {busy} but kvm_intel loaded is {kvm}");
+    ensure!(
+        shared == kvm,
+        "SHARED is {shared} but kvm_intel loaded is {kvm}"
+    );
+    let want_shared = if kvm { c.cpus_probed } else { 0 };
+    ensure!(
+        c.cpus_shared == want_shared
+            && (c.cpus_probed > 64 || c.shared_cpu_mask.count_ones() == c.cpus_shared),
+        "{} CPUs shared (mask {:#x}), want {want_shared}",
+        c.cpus_shared,
+        c.shared_cpu_mask
+    );
     ensure!(c.flags & sys::RVMX_CAP_EPT != 0, "rvmx loaded without EPT");
     ensure!(
         c.flags & sys::RVMX_CAP_UNRESTRICTED_GUEST != 0,
@@ -135,7 +147,7 @@ fn caps_consistent(_: &Ctx) -> TestResult {
     );
     ensure!(c.cr4_fixed0 & (1 << 13) != 0, "CR4.VMXE is not fixed to 1");
     ensure!(
-        c.reserved.iter().all(|&r| r == 0),
+        c.padding == 0 && c.reserved.iter().all(|&r| r == 0),
         "reserved words not zero"
     );
     Ok(())

@@ -11,6 +11,7 @@
 //! files), module (load and unload, which reload rvmx with its default
 //! parameters) or lifecycle.
 
+mod beside_kvm;
 mod device;
 mod guest;
 mod hostile;

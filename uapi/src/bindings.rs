@@ -40,6 +40,7 @@ pub const RVMX_CAP_UNRESTRICTED_GUEST: u32 = 16;
 pub const RVMX_CAP_TRUE_CONTROLS: u32 = 32;
 pub const RVMX_CAP_HOST_FRED: u32 = 64;
 pub const RVMX_CAP_APICV: u32 = 128;
+pub const RVMX_CAP_VMX_SHARED: u32 = 256;
 pub const RVMX_MAX_MEM_SLOTS: u32 = 32;
 pub const RVMX_MAX_VCPUS: u32 = 8;
 pub const RVMX_MAX_GPA: u64 = 281474976710656;
@@ -143,7 +144,10 @@ pub struct rvmx_vmx_caps {
     pub cr0_fixed1: __u64,
     pub cr4_fixed0: __u64,
     pub cr4_fixed1: __u64,
-    pub reserved: [__u64; 8usize],
+    pub cpus_shared: __u32,
+    pub padding: __u32,
+    pub shared_cpu_mask: __u64,
+    pub reserved: [__u64; 6usize],
 }
 #[allow(clippy::unnecessary_operation, clippy::identity_op)]
 const _: () = {
@@ -198,8 +202,17 @@ const _: () = {
         "Offset of field: rvmx_vmx_caps::cr4_fixed1",
     ][::core::mem::offset_of!(rvmx_vmx_caps, cr4_fixed1) - 104usize];
     [
+        "Offset of field: rvmx_vmx_caps::cpus_shared",
+    ][::core::mem::offset_of!(rvmx_vmx_caps, cpus_shared) - 112usize];
+    [
+        "Offset of field: rvmx_vmx_caps::padding",
+    ][::core::mem::offset_of!(rvmx_vmx_caps, padding) - 116usize];
+    [
+        "Offset of field: rvmx_vmx_caps::shared_cpu_mask",
+    ][::core::mem::offset_of!(rvmx_vmx_caps, shared_cpu_mask) - 120usize];
+    [
         "Offset of field: rvmx_vmx_caps::reserved",
-    ][::core::mem::offset_of!(rvmx_vmx_caps, reserved) - 112usize];
+    ][::core::mem::offset_of!(rvmx_vmx_caps, reserved) - 128usize];
 };
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]

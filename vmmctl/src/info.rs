@@ -25,7 +25,7 @@ pub fn run(backend: Backend, device: &Path) -> Result<()> {
     Ok(())
 }
 
-const FLAG_NAMES: [(u32, &str); 8] = [
+const FLAG_NAMES: [(u32, &str); 9] = [
     (sys::RVMX_CAP_VMX_USABLE, "vmx-usable"),
     (sys::RVMX_CAP_VMX_BUSY, "vmx-busy"),
     (sys::RVMX_CAP_EPT, "ept"),
@@ -34,6 +34,7 @@ const FLAG_NAMES: [(u32, &str); 8] = [
     (sys::RVMX_CAP_TRUE_CONTROLS, "true-controls"),
     (sys::RVMX_CAP_HOST_FRED, "host-fred"),
     (sys::RVMX_CAP_APICV, "apicv"),
+    (sys::RVMX_CAP_VMX_SHARED, "vmx-shared"),
 ];
 
 /// The report as printed: one fact per line, control words split into the
@@ -48,7 +49,12 @@ pub fn report(version: u32, c: &sys::rvmx_vmx_caps) -> String {
     let state = if c.flags & sys::RVMX_CAP_VMX_USABLE != 0 {
         format!("usable on all {} online CPUs", c.cpus_probed)
     } else if c.flags & sys::RVMX_CAP_VMX_BUSY != 0 {
-        "busy: another hypervisor (kvm_intel?) holds VMX root; unload it to run VMs on rvmx".into()
+        "busy: CR4.VMXE is set outside VMX operation on some CPU; VMs cannot run on rvmx".into()
+    } else if c.flags & sys::RVMX_CAP_VMX_SHARED != 0 {
+        format!(
+            "shared: another hypervisor (kvm_intel?) holds VMX root on {} of {} CPUs; rvmx runs its VMs inside it",
+            c.cpus_shared, c.cpus_probed
+        )
     } else {
         "not usable (see the kernel log)".into()
     };
@@ -112,7 +118,10 @@ mod tests {
             cr0_fixed1: 0xffff_ffff,
             cr4_fixed0: 0x2000,
             cr4_fixed1: 0x37_27ff,
-            reserved: [0; 8],
+            cpus_shared: 0,
+            padding: 0,
+            shared_cpu_mask: 0,
+            reserved: [0; 6],
         }
     }
 
@@ -128,8 +137,20 @@ mod tests {
     }
 
     #[test]
-    fn busy_report_says_what_to_do() {
+    fn busy_report_says_what_is_wrong() {
         let r = report(1, &caps(sys::RVMX_CAP_VMX_BUSY));
-        assert!(r.contains("unload it to run VMs on rvmx"), "{r}");
+        assert!(r.contains("CR4.VMXE is set outside VMX operation"), "{r}");
+    }
+
+    #[test]
+    fn shared_report_says_rvmx_runs_inside() {
+        let mut c = caps(sys::RVMX_CAP_VMX_SHARED | sys::RVMX_CAP_EPT);
+        (c.cpus_shared, c.shared_cpu_mask) = (2, 3);
+        let r = report(1, &c);
+        assert!(
+            r.contains("shared: another hypervisor (kvm_intel?) holds VMX root on 2 of 2 CPUs"),
+            "{r}"
+        );
+        assert!(r.contains("features           ept vmx-shared\n"), "{r}");
     }
 }
