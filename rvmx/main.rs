@@ -36,7 +36,7 @@ module! {
     params: {
         apicv: bool {
             default: false,
-            description: "1: use the CPU's APIC virtualization (TPR shadow, APIC-register virtualization, virtual-interrupt delivery, x2APIC virtualization) where it has it. Experimental: a Linux guest can stall with it (docs/design.md). 0 (default): emulate every APIC access",
+            description: "1: use the CPU's APIC virtualization (TPR shadow, APIC-register virtualization, virtual-interrupt delivery, x2APIC virtualization) where it has it. 0 (default for now): emulate every APIC access",
         },
     },
 }
