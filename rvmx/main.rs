@@ -35,8 +35,8 @@ module! {
     license: "GPL",
     params: {
         apicv: bool {
-            default: true,
-            description: "Use the CPU's APIC virtualization (TPR shadow, APIC-register virtualization, virtual-interrupt delivery, x2APIC virtualization) where it has it (default 1); 0 emulates every APIC access",
+            default: false,
+            description: "1: use the CPU's APIC virtualization (TPR shadow, APIC-register virtualization, virtual-interrupt delivery, x2APIC virtualization) where it has it. 0 (default for now): emulate every APIC access",
         },
     },
 }
