@@ -79,6 +79,12 @@ impl Memory {
                 return (Err(e.into()), None);
             }
         }
+        let change = match rules::check(&req, &existing) {
+            Ok(change) => change,
+            Err(Refusal::Invalid) => return (Err(EINVAL), None),
+            Err(Refusal::Overlap) => return (Err(EEXIST), None),
+        };
+        // Only now: `check` refused ranges that wrap around.
         if let Some(gpa) = self.private {
             // As a slot of one page, for the overlap check.
             let page = Region {
@@ -88,15 +94,10 @@ impl Memory {
                 size: 4096,
                 uaddr: 0,
             };
-            if req.size != 0 && req.overlaps(&page) {
+            if change != Change::Delete && req.overlaps(&page) {
                 return (Err(EEXIST), None);
             }
         }
-        let change = match rules::check(&req, &existing) {
-            Ok(change) => change,
-            Err(Refusal::Invalid) => return (Err(EINVAL), None),
-            Err(Refusal::Overlap) => return (Err(EEXIST), None),
-        };
         match change {
             Change::Create => self.add(req),
             Change::Delete => (Ok(()), self.remove(req.slot)),
