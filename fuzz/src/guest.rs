@@ -105,24 +105,6 @@ pub fn code(rng: &mut Rng, max: usize) -> Vec<u8> {
     out
 }
 
-fn code_segment(long: bool) -> rvmx_segment {
-    rvmx_segment {
-        base: 0,
-        limit: 0xffff_ffff,
-        selector: 0x8,
-        type_: 0xb,
-        present: 1,
-        dpl: 0,
-        db: u8::from(!long),
-        s: 1,
-        l: u8::from(long),
-        g: 1,
-        avl: 0,
-        unusable: 0,
-        padding: 0,
-    }
-}
-
 /// One of three valid starting states (labguest's), from `s`.
 pub fn template(rng: &mut Rng, s: rvmx_sregs) -> (rvmx_sregs, &'static str) {
     match rng.below(3) {
@@ -135,7 +117,7 @@ pub fn template(rng: &mut Rng, s: rvmx_sregs) -> (rvmx_sregs, &'static str) {
         1 => (labguest::protected_mode(s), "protected"),
         _ => {
             let mut s = labguest::long_mode(s);
-            s.cs = code_segment(true);
+            s.cs = labguest::code_segment(true);
             (s, "long")
         }
     }
